@@ -1,0 +1,31 @@
+"""The one exception type for bad user input.
+
+The CLI catches `InputError` and prints its message as a single line with a non-zero exit, so every
+check on user files raises it with the file and, where there is one, the record that is wrong.
+"""
+from __future__ import annotations
+
+import os
+
+
+class InputError(Exception):
+    """A user file or argument is unusable. `str()` is the one-line message the CLI prints."""
+
+    def __init__(self, path: str | os.PathLike | None, message: str, record: str | None = None):
+        self.path = None if path is None else str(path)
+        self.record = record
+        self.message = message
+        where = self.path or "input"
+        if record is not None:
+            where = f"{where}: record {record}"
+        super().__init__(f"{where}: {message}")
+
+
+def require_file(path: str | os.PathLike, what: str = "file") -> str:
+    """Return `path` as a string, or raise InputError when it is not an existing regular file."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError(path, f"{what} not found")
+    if not os.path.isfile(path):
+        raise InputError(path, f"{what} is not a regular file")
+    return path

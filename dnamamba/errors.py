@@ -6,6 +6,7 @@ check on user files raises it with the file and, where there is one, the record 
 from __future__ import annotations
 
 import os
+import sys
 
 
 class InputError(Exception):
@@ -29,3 +30,12 @@ def require_file(path: str | os.PathLike, what: str = "file") -> str:
     if not os.path.isfile(path):
         raise InputError(path, f"{what} is not a regular file")
     return path
+
+
+def exit_on_input_error(fn, *args, **kwargs):
+    """Call `fn`; an InputError becomes one line on stderr and exit status 2, never a traceback."""
+    try:
+        return fn(*args, **kwargs)
+    except InputError as e:
+        print(f"dnamamba: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,46 @@
+"""The model schema. YAML under conf/model/ only fills in these fields."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+SCAN_BACKENDS = ("auto", "torch", "naive", "triton")
+
+
+@dataclass
+class MambaConfig:
+    d_model: int = 128
+    n_layer: int = 4
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    dt_rank: int | None = None  # None: ceil(d_model / 16), as in Mamba
+    vocab_size: int = 256  # byte tokens; id 0 is padding
+    dt_min: float = 0.001
+    dt_max: float = 0.1
+    dt_init_floor: float = 1e-4
+    norm_eps: float = 1e-5
+    scan_backend: str = "auto"  # auto | torch | naive | triton
+    scan_chunk_size: int = 32  # time steps per chunk of the PyTorch scan
+    checkpoint_blocks: bool = False  # recompute each block in backward: activations O(L * d_model) per layer
+
+    def __post_init__(self):
+        if self.scan_backend not in SCAN_BACKENDS:
+            raise ValueError(f"scan_backend must be one of {SCAN_BACKENDS}, got {self.scan_backend!r}")
+        if self.dt_rank is None:
+            self.dt_rank = math.ceil(self.d_model / 16)
+
+    @property
+    def d_inner(self) -> int:
+        return self.expand * self.d_model
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MambaConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown MambaConfig fields: {sorted(unknown)}")
+        return cls(**d)

@@ -1,0 +1,66 @@
+"""The `dnamamba` command: one subcommand per pipeline, every setting a Hydra `key=value` override.
+
+    dnamamba pretrain [key=value ...]
+    dnamamba embed model=EXPORT_DIR fasta=PATH out=FILE [key=value ...]
+    dnamamba score-variants model=EXPORT_DIR fasta=REF vcf=IN out=OUT [key=value ...]
+    dnamamba demo [run_dir=DIR]
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "pretrain": ("dnamamba.pipelines.pretrain", "train a causal LM on a FASTA and export it"),
+    "embed": ("dnamamba.pipelines.embed", "embed FASTA records or BED intervals (.npy / .safetensors)"),
+    "score-variants": ("dnamamba.pipelines.score_variants", "zero-shot log-likelihood ratio per VCF variant"),
+    "demo": ("dnamamba.pipelines.demo", "pretrain on the bundled lambda phage, then embed and score"),
+}
+
+USAGE = """usage: dnamamba COMMAND [key=value ...]
+
+Byte-level Mamba language models for long DNA.
+
+commands:
+{commands}
+
+Each command is configured by Hydra: settings are key=value overrides of its config
+(`dnamamba COMMAND --cfg job` prints the resolved config, `dnamamba COMMAND --help` lists the
+config groups and their options).
+
+examples:
+  dnamamba pretrain                                   # tiny model on the bundled lambda phage
+  dnamamba pretrain data=ecoli data.fasta=ecoli.fa.gz model=small trainer.max_steps=2000 run_dir=runs/ecoli
+  dnamamba embed model=runs/ecoli/export fasta=ecoli.fa.gz bed=regions.bed out=emb.npy
+  dnamamba score-variants model=runs/ecoli/export fasta=ref.fa vcf=calls.vcf.gz out=scored.vcf.gz
+"""
+
+
+def usage() -> str:
+    width = max(len(c) for c in COMMANDS)
+    return USAGE.format(commands="\n".join(f"  {c:<{width}}  {h}" for c, (_, h) in COMMANDS.items()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from dnamamba import __version__
+
+        print(f"dnamamba {__version__}")
+        return 0
+    command, overrides = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"dnamamba: error: unknown command {command!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[command][0])
+    # Hydra reads its overrides from sys.argv; the program name shows in its --help.
+    sys.argv = [f"dnamamba {command}", *overrides]
+    module.main()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

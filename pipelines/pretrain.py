@@ -1,0 +1,69 @@
+"""`dnamamba pretrain`: train a causal byte-level Mamba LM on a FASTA and export it.
+
+    dnamamba pretrain data.fasta=PATH data.seq_len=N trainer.max_steps=N run_dir=DIR
+
+writes DIR/export/{model.safetensors,config.json,metrics.json}, DIR/metrics.json and Lightning
+checkpoints under DIR/checkpoints (resume with ckpt_path=DIR/checkpoints/last.ckpt).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import hydra
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from dnamamba.errors import InputError, exit_on_input_error
+from dnamamba.io import atomic_path
+from dnamamba.model import save_export
+from dnamamba.reporting import print_pretrain_summary
+from dnamamba.tasks.pretrain import CausalLMTask
+
+
+def run(cfg: DictConfig) -> dict:
+    start = time.time()
+    pl.seed_everything(cfg.seed, workers=True)
+    run_dir = os.path.abspath(cfg.run_dir)
+    if cfg.ckpt_path is not None and not os.path.isfile(cfg.ckpt_path):
+        raise InputError(cfg.ckpt_path, "checkpoint to resume from not found")
+    datamodule = instantiate(cfg.data)
+    task = CausalLMTask(instantiate(cfg.model), instantiate(cfg.optim))
+    trainer: pl.Trainer = instantiate(cfg.trainer)
+    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    if not trainer.is_global_zero:
+        return {}
+    history = task.val_history
+    metrics = {
+        "val_bits_per_base": history[-1]["val_bits_per_base"] if history else None,
+        "val_history": history,
+        "train_loss": _scalar(trainer.callback_metrics.get("train/loss")),
+        "global_step": trainer.global_step,
+        "parameters": task.model.num_parameters(),
+        "seq_len": cfg.data.seq_len,
+        "fasta": datamodule.fasta_path if hasattr(datamodule, "fasta_path") else cfg.data.fasta,
+        "wall_time_s": round(time.time() - start, 1),
+    }
+    export_dir = os.path.join(run_dir, "export")
+    save_export(task.model, export_dir, extra={"trained_on": metrics["fasta"]})
+    for path in (os.path.join(export_dir, "metrics.json"), os.path.join(run_dir, "metrics.json")):
+        with atomic_path(path) as tmp, open(tmp, "w") as f:
+            json.dump(metrics, f, indent=2)
+    metrics["export_dir"] = export_dir
+    print_pretrain_summary(metrics, run_dir)
+    return metrics
+
+
+def _scalar(x):
+    return None if x is None else float(x)
+
+
+@hydra.main(config_path="../conf", config_name="pretrain", version_base="1.3")
+def main(cfg: DictConfig):
+    return exit_on_input_error(run, cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -7,8 +7,8 @@ other, carrying the state.
 
 Memory: forward keeps only one chunk's (batch, chunk, dim, dstate) work tensors and the
 chunk-boundary states (batch, dim, dstate) per chunk. Backward walks the chunks in reverse,
-recomputing each one from its saved boundary state under autograd, so no (batch, seqlen, dim,
-dstate) tensor ever exists: O(B*L*D + B*D*N*chunk) as a whole.
+recomputing each one's states from its saved boundary state and solving the adjoint recurrence with
+the same scan, so no (batch, seqlen, dim, dstate) tensor ever exists: O(B*L*D + B*D*N*chunk).
 """
 from __future__ import annotations
 
@@ -20,43 +20,112 @@ from .naive import compute_dtype, expand_groups, run_packed
 DEFAULT_CHUNK = 32
 
 
-def _chunk(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0):
-    """One chunk from state h0 (batch, dim, dstate). Returns y (batch, T, dim) and h_T, in the compute dtype."""
-    ct = h0.dtype
-    dim = u.shape[2]
-    uf = u.to(ct)
-    dt = delta.to(ct)
-    if delta_bias is not None:
-        dt = dt + delta_bias.to(ct)
-    if delta_softplus:
-        dt = F.softplus(dt)
-    a = torch.exp(dt[..., None] * A.to(ct))  # (batch, T, dim, dstate)
-    x = (dt * uf)[..., None] * expand_groups(B.to(ct), dim)  # (batch, T, dim, dstate)
-    T = u.shape[1]
+def _linear_scan(a: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inclusive scan of h_t = a_t h_{t-1} + x_t from h_{-1} = 0 along dim 1.
+
+    a, x: (batch, T, dim, dstate). Returns (prod_{s<=t} a_s, h_t), both (batch, T, dim, dstate).
+    """
+    T = a.shape[1]
     shift = 1
     while shift < T:
         # combine step t with step t - shift: (a, x) o (a', x') = (a a', a x' + x)
         x = torch.cat([x[:, :shift], a[:, shift:] * x[:, :-shift] + x[:, shift:]], dim=1)
         a = torch.cat([a[:, :shift], a[:, shift:] * a[:, :-shift]], dim=1)
         shift *= 2
-    h = x + a * h0[:, None]  # (batch, T, dim, dstate)
-    y = (h * expand_groups(C.to(ct), dim)).sum(-1)  # (batch, T, dim)
+    return a, x
+
+
+def _discretize(u, delta, A, B, delta_bias, delta_softplus, ct):
+    """dt (batch, T, dim), decay a = exp(dt A) and input x = dt u B, both (batch, T, dim, dstate)."""
+    v = delta.to(ct)
+    if delta_bias is not None:
+        v = v + delta_bias.to(ct)
+    dt = F.softplus(v) if delta_softplus else v
+    a = torch.exp(dt[..., None] * A.to(ct))
+    x = (dt * u.to(ct))[..., None] * expand_groups(B.to(ct), u.shape[2])
+    return v, dt, a, x
+
+
+def _group_sum(t: torch.Tensor, ngroups: int) -> torch.Tensor:
+    """(batch, T, dim, dstate) -> (batch, T, ngroups, dstate): sum over the channels of each group."""
+    b, T, d, n = t.shape
+    return t.view(b, T, ngroups, d // ngroups, n).sum(3)
+
+
+def _chunk(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0):
+    """One chunk from state h0 (batch, dim, dstate). Returns y (batch, T, dim) and h_T, in the compute dtype."""
+    ct = h0.dtype
+    _, _, a, x = _discretize(u, delta, A, B, delta_bias, delta_softplus, ct)
+    cum_a, h = _linear_scan(a, x)
+    h = h + cum_a * h0[:, None]  # (batch, T, dim, dstate)
+    y = (h * expand_groups(C.to(ct), u.shape[2])).sum(-1)  # (batch, T, dim)
     if D is not None:
-        y = y + uf * D.to(ct)
+        y = y + u.to(ct) * D.to(ct)
     if z is not None:
         y = y * F.silu(z.to(ct))
     return y, h[:, -1]
+
+
+def _chunk_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, gy, gh_end):
+    """Gradients of one chunk, given dL/dy (batch, T, dim) and dL/dh_T (batch, dim, dstate).
+
+    Recomputes the chunk's states from h0, then runs the adjoint recurrence
+    g_t = C_t gy0_t + a_{t+1} g_{t+1} (g_T-1 also takes dL/dh_T) with the same log-depth scan, reversed.
+    Returns a dict of gradients (None where an input is None) and dL/dh0.
+    """
+    ct = h0.dtype
+    dim, ngroups = u.shape[2], B.shape[2]
+    uf = u.to(ct)
+    v, dt, a, x = _discretize(u, delta, A, B, delta_bias, delta_softplus, ct)
+    cum_a, h = _linear_scan(a, x)
+    h = h + cum_a * h0[:, None]  # (batch, T, dim, dstate)
+    Cd = expand_groups(C.to(ct), dim)  # (batch, T, dim, dstate)
+    gy = gy.to(ct)
+    grads = {}
+    if z is not None:
+        zf = z.to(ct)
+        sig = torch.sigmoid(zf)
+        y0 = (h * Cd).sum(-1)
+        if D is not None:
+            y0 = y0 + uf * D.to(ct)
+        grads["z"] = gy * y0 * sig * (1 + zf * (1 - sig))  # d silu(z)/dz = sig (1 + z (1 - sig))
+        gy = gy * zf * sig  # dL/dy0
+    gu = torch.zeros_like(uf)
+    if D is not None:
+        grads["D"] = (gy * uf).sum((0, 1))
+        gu = gy * D.to(ct)
+    grads["C"] = _group_sum(gy[..., None] * h, ngroups)
+    # Adjoint of h: a reverse-time linear recurrence whose multiplier at step t is a_{t+1}.
+    inj = gy[..., None] * Cd  # (batch, T, dim, dstate)
+    inj[:, -1] += gh_end
+    a_next = torch.cat([a[:, 1:], torch.ones_like(a[:, :1])], dim=1)
+    _, g = _linear_scan(a_next.flip(1), inj.flip(1))
+    g = g.flip(1)  # (batch, T, dim, dstate): dL/dh_t
+    gh0 = a[:, 0] * g[:, 0]
+    h_prev = torch.cat([h0[:, None], h[:, :-1]], dim=1)
+    g_dtA = g * h_prev * a  # dL/d(dt A)
+    grads["A"] = (g_dtA * dt[..., None]).sum((0, 1))
+    Bd = expand_groups(B.to(ct), dim)
+    gdt = (g_dtA * A.to(ct)).sum(-1) + (g * Bd).sum(-1) * uf
+    gu = gu + (g * Bd).sum(-1) * dt
+    grads["B"] = _group_sum(g * (dt * uf)[..., None], ngroups)
+    if delta_softplus:
+        gdt = gdt * torch.where(v > 20, torch.ones_like(v), torch.sigmoid(v))  # softplus threshold 20
+    grads["delta"] = gdt
+    grads["u"] = gu
+    if delta_bias is not None:
+        grads["delta_bias"] = gdt.sum((0, 1))
+    return grads, gh0
 
 
 class _ChunkedScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus, chunk_size):
         seqlen = u.shape[1]
-        starts = list(range(0, seqlen, chunk_size))
         boundary = []
         ys = []
         h = h0
-        for s in starts:
+        for s in range(0, seqlen, chunk_size):
             e = min(s + chunk_size, seqlen)
             boundary.append(h)
             y, h = _chunk(u[:, s:e], delta[:, s:e], A, B[:, s:e], C[:, s:e], D,
@@ -71,46 +140,25 @@ class _ChunkedScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy, gh):
         u, delta, A, B, C, D, z, delta_bias, *boundary = ctx.saved_tensors
-        cs = ctx.chunk_size
-        seqlen = u.shape[1]
-        need = ctx.needs_input_grad
-        grads = {k: None for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")}
-        full = {"u": u, "delta": delta, "B": B, "C": C, "z": z}
-        for k, t in full.items():
-            if t is not None and need[["u", "delta", "A", "B", "C", "D", "z", "delta_bias"].index(k)]:
-                grads[k] = torch.zeros_like(t)
+        cs, seqlen = ctx.chunk_size, u.shape[1]
+        per_step = {"u": u, "delta": delta, "B": B, "C": C, "z": z}
         shared = {"A": A, "D": D, "delta_bias": delta_bias}
+        out = {k: (None if t is None else torch.zeros_like(t)) for k, t in {**per_step, **shared}.items()}
         gh = torch.zeros_like(boundary[0]) if gh is None else gh.to(boundary[0].dtype)
+        if gy is None:
+            gy = torch.zeros_like(u)
         for i in reversed(range(len(boundary))):
-            s = i * cs
-            e = min(s + cs, seqlen)
-            with torch.enable_grad():
-                inputs = {k: (None if t is None else t[:, s:e].detach().requires_grad_(grads[k] is not None))
-                          for k, t in full.items()}
-                params = {k: (None if t is None else t.detach().requires_grad_(True)) for k, t in shared.items()}
-                h0 = boundary[i].detach().requires_grad_(True)
-                y, hT = _chunk(inputs["u"], inputs["delta"], params["A"], inputs["B"], inputs["C"], params["D"],
-                               inputs["z"], params["delta_bias"], ctx.delta_softplus, h0)
-                wrt = {k: v for k, v in {**inputs, **params}.items() if v is not None and v.requires_grad}
-                wrt["h0"] = h0
-                g = torch.autograd.grad([y, hT], list(wrt.values()), [gy[:, s:e].to(y.dtype), gh],
-                                        allow_unused=True)
-            for k, gk in zip(wrt.keys(), g):
-                if gk is None:
-                    continue
-                if k == "h0":
-                    gh = gk
-                elif k in full:
-                    grads[k][:, s:e] = gk.to(grads[k].dtype)
-                elif grads[k] is None:
-                    grads[k] = gk
+            s, e = i * cs, min(i * cs + cs, seqlen)
+            sl = {k: (None if t is None else t[:, s:e]) for k, t in per_step.items()}
+            g, gh = _chunk_backward(sl["u"], sl["delta"], A, sl["B"], sl["C"], D, sl["z"], delta_bias,
+                                    ctx.delta_softplus, boundary[i], gy[:, s:e], gh)
+            for k, gk in g.items():
+                if k in per_step:
+                    out[k][:, s:e] = gk.to(out[k].dtype)
                 else:
-                    grads[k] = grads[k] + gk
-        for k, t in shared.items():
-            if grads[k] is not None:
-                grads[k] = grads[k].to(t.dtype)
-        return (grads["u"], grads["delta"], grads["A"], grads["B"], grads["C"], grads["D"], grads["z"],
-                grads["delta_bias"], gh, None, None)
+                    out[k] += gk.to(out[k].dtype)
+        return (out["u"], out["delta"], out["A"], out["B"], out["C"], out["D"], out["z"], out["delta_bias"],
+                gh, None, None)
 
 
 def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,

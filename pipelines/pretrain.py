@@ -15,6 +15,7 @@ import hydra
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from pytorch_lightning.callbacks import RichProgressBar
 
 from dnamamba.errors import InputError, exit_on_input_error
 from dnamamba.io import atomic_path
@@ -31,16 +32,24 @@ def run(cfg: DictConfig) -> dict:
         raise InputError(cfg.ckpt_path, "checkpoint to resume from not found")
     datamodule = instantiate(cfg.data)
     task = CausalLMTask(instantiate(cfg.model), instantiate(cfg.optim))
-    trainer: pl.Trainer = instantiate(cfg.trainer)
+    callbacks = list(instantiate(cfg.trainer.get("callbacks") or []))
+    if cfg.trainer.get("enable_progress_bar", True):
+        callbacks.append(RichProgressBar())
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks)
     trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    if not task.val_history or task.val_history[-1]["step"] != trainer.global_step:
+        # max_steps can stop mid-epoch, before the epoch's validation: score the final weights too.
+        trainer.validate(task, datamodule=datamodule, verbose=False)
     if not trainer.is_global_zero:
         return {}
     history = task.val_history
+    # Spawned DDP returns only weights and logged metrics to this process, not the history.
+    last_bpb = history[-1]["val_bits_per_base"] if history else _scalar(trainer.callback_metrics.get("val/bits_per_base"))
     metrics = {
-        "val_bits_per_base": history[-1]["val_bits_per_base"] if history else None,
+        "val_bits_per_base": last_bpb,
         "val_history": history,
         "train_loss": _scalar(trainer.callback_metrics.get("train/loss")),
-        "global_step": trainer.global_step,
+        "global_step": max(trainer.global_step, int(_scalar(trainer.callback_metrics.get("train/step")) or 0)),
         "parameters": task.model.num_parameters(),
         "seq_len": cfg.data.seq_len,
         "fasta": datamodule.fasta_path if hasattr(datamodule, "fasta_path") else cfg.data.fasta,

@@ -22,6 +22,10 @@ class OptimConfig:
     min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio
     fused: bool | None = None  # None: fused AdamW on CUDA
 
+    def __post_init__(self):
+        # YAML lists arrive as OmegaConf ListConfig; checkpoints must hold plain Python values.
+        self.betas = tuple(float(b) for b in self.betas)
+
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     decay, no_decay = [], []

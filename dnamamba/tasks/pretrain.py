@@ -53,6 +53,8 @@ class CausalLMTask(pl.LightningModule):
         loss, nll_sum, count = self._step(batch)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/bits_per_base", nll_sum / count.clamp(min=1) / LN2)
+        # Logged so the step count survives spawned DDP, which returns only weights and logged metrics.
+        self.log("train/step", float(self.global_step + 1), reduce_fx="max")
         return loss
 
     def validation_step(self, batch, batch_idx):

@@ -1,0 +1,187 @@
+"""Lightning data module: windows over a FASTA (optionally restricted to BED intervals), split into
+training and validation, served as batches of `{"tokens": (B, L) long, "loss_weight": (B, L) float32}`.
+
+Validation is either whole records (`val_records`) or the tail of every record (`val_fraction`):
+training windows lie entirely before the held-out tail, and validation windows tile it with
+stride = seq_len, the last one short and padded, so each held-out base is scored exactly once.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from dnamamba.data.bed import read_bed
+from dnamamba.data.fasta import FastaFile, demo_genome_path
+from dnamamba.data.windows import (SOFT_MASK_MODES, Window, WindowDataset, filter_n, merge_regions,
+                                   record_regions, split_by_fraction, split_by_records, tile_all)
+from dnamamba.errors import InputError
+
+
+@dataclass
+class DataConfig:
+    """Settings of `FastaDataModule`; conf/data/*.yaml fill these in.
+
+    fasta: FASTA path (plain, gzip or bgzip); None is the packaged lambda phage genome.
+    records: record names to use (None: all). bed: BED file; when given, only its intervals are tiled.
+    seq_len: window length in bases. stride: step between training windows (None: seq_len).
+    val_records: records held out whole for validation. val_fraction: when val_records is None, the
+        fraction of each record held out at its end.
+    max_n_fraction: windows with a larger fraction of non-ACGT bases are skipped.
+    rc_prob: probability of reverse-complementing a training window.
+    soft_mask / soft_mask_weight: "keep", "upper" or "weight" (see WindowDataset).
+    """
+
+    fasta: str | None = None
+    records: list[str] | None = None
+    bed: str | None = None
+    seq_len: int = 512
+    stride: int | None = None
+    val_records: list[str] | None = None
+    val_fraction: float = 0.1
+    max_n_fraction: float = 0.5
+    rc_prob: float = 0.0
+    soft_mask: str = "keep"
+    soft_mask_weight: float = 1.0
+    batch_size: int = 8
+    val_batch_size: int | None = None
+    num_workers: int = 0
+    cache_dir: str | None = None
+    seed: int = 0
+
+    def validate(self) -> None:
+        """InputError (naming the `data.` key) for values that cannot work."""
+        def bad(key: str, why: str):
+            return InputError(None, f"data.{key}={getattr(self, key)!r}: {why}")
+
+        if self.seq_len < 1:
+            raise bad("seq_len", "must be a positive number of bases")
+        if self.stride is not None and self.stride < 1:
+            raise bad("stride", "must be positive (or null for seq_len)")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise bad("val_fraction", "must be in [0, 1)")
+        if not 0.0 <= self.max_n_fraction <= 1.0:
+            raise bad("max_n_fraction", "must be in [0, 1]")
+        if not 0.0 <= self.rc_prob <= 1.0:
+            raise bad("rc_prob", "must be in [0, 1]")
+        if self.soft_mask not in SOFT_MASK_MODES:
+            raise bad("soft_mask", f"must be one of {', '.join(SOFT_MASK_MODES)}")
+        if self.soft_mask_weight < 0:
+            raise bad("soft_mask_weight", "must be >= 0")
+        if self.batch_size < 1:
+            raise bad("batch_size", "must be positive")
+        if self.val_batch_size is not None and self.val_batch_size < 1:
+            raise bad("val_batch_size", "must be positive (or null for batch_size)")
+        if self.num_workers < 0:
+            raise bad("num_workers", "must be >= 0")
+
+
+def _names(value) -> list[str] | None:
+    # Hydra reads `data.records=[20]` as the integer 20 and a single name as a bare string.
+    if value is None:
+        return None
+    if isinstance(value, (str, int)):
+        return [str(value)]
+    return [str(v) for v in value]
+
+
+class FastaDataModule(pl.LightningDataModule):
+    """Training and validation windows over one FASTA; see `DataConfig` for the arguments."""
+
+    def __init__(self, fasta: str | None = None, records: Sequence[str] | None = None,
+                 bed: str | None = None, seq_len: int = 512, stride: int | None = None,
+                 val_records: Sequence[str] | None = None, val_fraction: float = 0.1,
+                 max_n_fraction: float = 0.5, rc_prob: float = 0.0, soft_mask: str = "keep",
+                 soft_mask_weight: float = 1.0, batch_size: int = 8, val_batch_size: int | None = None,
+                 num_workers: int = 0, cache_dir: str | None = None, seed: int = 0):
+        super().__init__()
+        self.config = DataConfig(
+            fasta=None if fasta is None else os.fspath(fasta), records=_names(records),
+            bed=None if bed is None else os.fspath(bed), seq_len=int(seq_len),
+            stride=None if stride is None else int(stride), val_records=_names(val_records),
+            val_fraction=float(val_fraction), max_n_fraction=float(max_n_fraction),
+            rc_prob=float(rc_prob), soft_mask=str(soft_mask), soft_mask_weight=float(soft_mask_weight),
+            batch_size=int(batch_size), val_batch_size=None if val_batch_size is None else int(val_batch_size),
+            num_workers=int(num_workers), cache_dir=None if cache_dir is None else os.fspath(cache_dir),
+            seed=int(seed))
+        self.config.validate()
+        self.save_hyperparameters(asdict(self.config))
+        self.fasta_path = self.config.fasta if self.config.fasta is not None else demo_genome_path()
+        self.train_windows: list[Window] | None = None
+        self.val_windows: list[Window] | None = None
+        self.train_dataset: WindowDataset | None = None
+        self.val_dataset: WindowDataset | None = None
+
+    def prepare_data(self) -> None:
+        # Runs once per node before setup(): a plain-gzip FASTA is decompressed and indexed here,
+        # so DDP ranks find it in the cache instead of all doing it at once.
+        FastaFile(self.fasta_path, self.config.cache_dir).close()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_windows is not None:
+            return
+        cfg = self.config
+        fasta = FastaFile(self.fasta_path, cfg.cache_dir)
+        for name in (cfg.records or []) + (cfg.val_records or []):
+            fasta.length(name)  # an unknown name is an InputError listing the records there are
+
+        train_names = [n for n in (cfg.records or fasta.names) if n not in set(cfg.val_records or [])]
+        val_names = list(cfg.val_records or [])
+        if cfg.bed is not None:
+            chosen = set(train_names + val_names)
+            intervals = read_bed(cfg.bed, fasta)
+            regions = merge_regions(Window(iv.chrom, iv.start, iv.end) for iv in intervals
+                                    if iv.chrom in chosen)
+            if not regions:
+                raise InputError(cfg.bed, f"no interval lies on the chosen records ({', '.join(sorted(chosen))})")
+        else:
+            regions = record_regions(fasta, train_names + val_names)
+
+        if cfg.val_records:
+            train_regions, val_regions = split_by_records(regions, cfg.val_records)
+        elif cfg.val_fraction > 0:
+            train_regions, val_regions = split_by_fraction(regions, fasta.lengths, cfg.val_fraction)
+            longest = max((r.length for r in val_regions), default=0)
+            if cfg.bed is None and longest < cfg.seq_len:
+                raise InputError(self.fasta_path, f"the held-out tail (data.val_fraction={cfg.val_fraction}) "
+                                                  f"is at most {longest} bases, shorter than one window "
+                                                  f"(data.seq_len={cfg.seq_len}); raise val_fraction, lower "
+                                                  f"seq_len or set data.val_records")
+        else:
+            train_regions, val_regions = regions, []
+
+        train = tile_all(train_regions, cfg.seq_len, cfg.stride, tail="align")
+        val = tile_all(val_regions, cfg.seq_len, cfg.seq_len, tail="short")
+        self.train_windows = filter_n(train, fasta, cfg.max_n_fraction)
+        self.val_windows = filter_n(val, fasta, cfg.max_n_fraction)
+        if not self.train_windows:
+            raise InputError(self.fasta_path, f"no training windows: {len(train)} windows of {cfg.seq_len} "
+                                              f"bases before the N filter, {len(self.train_windows)} after "
+                                              f"(data.max_n_fraction={cfg.max_n_fraction})")
+        if val_regions and not self.val_windows:
+            raise InputError(self.fasta_path, f"no validation windows: all {len(val)} held-out windows have "
+                                              f"more than data.max_n_fraction={cfg.max_n_fraction} N")
+
+        common = dict(soft_mask=cfg.soft_mask, soft_mask_weight=cfg.soft_mask_weight, seed=cfg.seed,
+                      seq_len=cfg.seq_len)
+        self.train_dataset = WindowDataset(fasta, self.train_windows, rc_prob=cfg.rc_prob, **common)
+        self.val_dataset = WindowDataset(fasta, self.val_windows, rc_prob=0.0, **common)
+        fasta.close()
+
+    def _loader(self, dataset: WindowDataset, batch_size: int, shuffle: bool) -> DataLoader:
+        workers = self.config.num_workers
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
+                          persistent_workers=workers > 0,
+                          # Shuffle order and each worker's seed follow data.seed, not global state.
+                          generator=torch.Generator().manual_seed(self.config.seed))
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset, self.config.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_dataset, self.config.val_batch_size or self.config.batch_size,
+                            shuffle=False)

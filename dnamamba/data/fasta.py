@@ -15,6 +15,7 @@ import hashlib
 import importlib.resources
 import os
 import shutil
+import struct
 import sys
 import warnings
 from contextlib import nullcontext
@@ -127,23 +128,24 @@ class FastaFile:
             raise InputError(self.path, "empty FASTA: no record has any bases")
 
     def _decompress(self, entry: Path) -> None:
-        entry.mkdir(parents=True, exist_ok=True)
         print(f"dnamamba: {self.path} is gzip without random access; decompressing it once into "
               f"{entry} (bgzip the file to skip this)", file=sys.stderr)
         try:
+            entry.mkdir(parents=True, exist_ok=True)
             with atomic_path(self._data_path) as tmp:
                 with gzip.open(self.path, "rb") as src, open(tmp, "wb") as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
-        except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
-            raise InputError(self.path, f"cannot decompress: {e}") from None
+        except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError; so is a full or read-only cache
+            raise InputError(self.path, f"cannot decompress into the cache {entry} "
+                                        f"(set DNAMAMBA_CACHE to move it): {e}") from None
 
     def _build_index(self, entry: Path) -> None:
-        entry.mkdir(parents=True, exist_ok=True)
         # pyfaidx writes its indexes in place, so it writes to temporary names that are renamed on
         # success: concurrent processes (DDP ranks) never read a half-written index. The .gzi is
         # renamed before the .fai, so an existing .fai means both are complete.
         gzi_ctx = atomic_path(self._gzi_path) if self._gzi_path else nullcontext(None)
         try:
+            entry.mkdir(parents=True, exist_ok=True)
             with atomic_path(self._fai_path) as tmp_fai, gzi_ctx as tmp_gzi:
                 # pyfaidx would take the empty temporary files for up-to-date indexes.
                 os.unlink(tmp_fai)
@@ -151,13 +153,18 @@ class FastaFile:
                     os.unlink(tmp_gzi)
                 pyfaidx.Faidx(self._data_path, indexname=tmp_fai, gzi_indexname=tmp_gzi).close()
         except pyfaidx.FastaIndexingError as e:
-            if os.path.getsize(self._data_path) == 0:
-                raise InputError(self.path, "empty FASTA: the file has no records") from None
+            if os.path.getsize(self._data_path) == 0 or "does not contain a valid sequence" in str(e):
+                raise InputError(self.path, "empty FASTA: no record (no line starting with '>')") from None
             raise InputError(self.path, f"not a valid FASTA: {e}") from None
         except ValueError as e:  # duplicate record names, or bytes that are not text
             raise InputError(self.path, f"not a valid FASTA: {e}") from None
-        except (OSError, EOFError, pyfaidx.UnsupportedCompressionFormat) as e:
-            raise InputError(self.path, f"cannot index FASTA (cache {entry}): {e}") from None
+        except OSError as e:
+            if e.errno is not None:  # the system refused a write: permissions, a full disk
+                raise InputError(self.path, f"cannot write the index into the cache {entry} "
+                                            f"(set DNAMAMBA_CACHE to move it): {e}") from None
+            raise InputError(self.path, f"not a valid bgzip file: {e}") from None
+        except (EOFError, struct.error, pyfaidx.UnsupportedCompressionFormat) as e:  # truncated BGZF blocks
+            raise InputError(self.path, f"not a valid bgzip file (truncated?): {e}") from None
 
     def _faidx(self) -> pyfaidx.Faidx:
         if self._handle is None or self._pid != os.getpid():

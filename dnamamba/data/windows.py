@@ -29,6 +29,14 @@ from dnamamba.data.fasta import FastaFile
 TAILS = ("align", "short", "drop")
 SOFT_MASK_MODES = ("keep", "upper", "weight")
 
+# The alphabet's tables as numpy lookups. Per-window work runs in numpy: on CPU, torch's OpenMP
+# indexing of a few thousand elements can take milliseconds when cores are busy, numpy microseconds.
+_ALL_BYTES = torch.arange(alphabet.VOCAB_SIZE)
+_COMPLEMENT = alphabet.complement(_ALL_BYTES).numpy().astype(np.uint8)
+_UPPER = alphabet.uppercase(_ALL_BYTES).numpy().astype(np.uint8)
+_LOSS = alphabet.loss_mask(_ALL_BYTES).numpy().astype(np.float32)
+_SOFT = alphabet.soft_masked(_ALL_BYTES).numpy()
+
 
 @dataclass(frozen=True)
 class Window:
@@ -209,18 +217,17 @@ class WindowDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         w = self.window(i)
-        tokens = self.fasta.fetch_tokens(w.name, w.start, w.end)  # (n,)
-        weight = alphabet.loss_mask(tokens).float()  # (n,)
+        seq = np.frombuffer(self.fasta.fetch(w.name, w.start, w.end), dtype=np.uint8)  # (n,)
+        weight = _LOSS[seq]  # (n,) float32, a fresh array
         if self.soft_mask == "weight":
-            weight[alphabet.soft_masked(tokens)] *= self.soft_mask_weight
+            weight[_SOFT[seq]] *= self.soft_mask_weight
         if self.soft_mask in ("upper", "weight"):
-            tokens = alphabet.uppercase(tokens)
+            seq = _UPPER[seq]
         if self._flip():
-            tokens = alphabet.reverse_complement(tokens)
-            weight = weight.flip(0)
-        pad = self.seq_len - tokens.shape[0]
-        if pad:
-            tokens = torch.nn.functional.pad(tokens, (0, pad), value=alphabet.PAD_ID)
-            weight = torch.nn.functional.pad(weight, (0, pad), value=0.0)
-        return {"tokens": tokens, "loss_weight": weight}
-
+            seq = _COMPLEMENT[seq[::-1]]
+            weight = weight[::-1]
+        tokens = np.full(self.seq_len, alphabet.PAD_ID, dtype=np.int64)  # padding past the window end
+        loss_weight = np.zeros(self.seq_len, dtype=np.float32)
+        tokens[:len(seq)] = seq
+        loss_weight[:len(seq)] = weight
+        return {"tokens": torch.from_numpy(tokens), "loss_weight": torch.from_numpy(loss_weight)}

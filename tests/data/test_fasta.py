@@ -264,3 +264,31 @@ def test_other_bad_files_are_input_errors(tmp_path):
             f = FastaFile(path, cache_dir=tmp_path / "cache")
             f.fetch(f.names[0], 0, f.lengths[f.names[0]])
         assert str(path) in str(e.value), name
+
+
+def test_bad_bgzip_files(tmp_path, lambda_text):
+    full = tmp_path / "full.fa.gz"
+    with bgzf.BgzfWriter(str(full)) as w:
+        w.write(lambda_text)
+    data = full.read_bytes()
+    cases = {"truncated.fa.gz": data[:len(data) // 2], "no_eof.fa.gz": data[:-28]}
+    empty = tmp_path / "empty.fa.gz"
+    with bgzf.BgzfWriter(str(empty)):
+        pass
+    for name, blob in cases.items():
+        (tmp_path / name).write_bytes(blob)
+        with pytest.raises(InputError, match="not a valid bgzip") as e:
+            FastaFile(tmp_path / name, cache_dir=tmp_path / "cache")
+        assert name in str(e.value)
+    with pytest.raises(InputError, match="empty FASTA"):
+        FastaFile(empty, cache_dir=tmp_path / "cache")
+
+
+def test_unusable_cache_is_an_input_error(lambda_fa, tmp_path):
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("")
+    with pytest.raises(InputError) as e:
+        FastaFile(lambda_fa, cache_dir=blocker)
+    assert str(lambda_fa) in str(e.value) and "DNAMAMBA_CACHE" in str(e.value)
+    with pytest.raises(InputError, match="DNAMAMBA_CACHE"):
+        FastaFile(demo_genome_path(), cache_dir=blocker)

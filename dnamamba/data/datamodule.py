@@ -8,11 +8,13 @@ stride = seq_len, the last one short and padded, so each held-out base is scored
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
 from dnamamba.data.bed import read_bed
@@ -80,6 +82,11 @@ class DataConfig:
             raise bad("num_workers", "must be >= 0")
 
 
+@rank_zero_only
+def _announce(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
 def _names(value) -> list[str] | None:
     # Hydra reads `data.records=[20]` as the integer 20 and a single name as a bare string.
     if value is None:
@@ -111,6 +118,7 @@ class FastaDataModule(pl.LightningDataModule):
         self.config.validate()
         self.save_hyperparameters(asdict(self.config))
         self.fasta_path = self.config.fasta if self.config.fasta is not None else demo_genome_path()
+        self.summary = ""
         self.train_windows: list[Window] | None = None
         self.val_windows: list[Window] | None = None
         self.train_dataset: WindowDataset | None = None
@@ -165,6 +173,12 @@ class FastaDataModule(pl.LightningDataModule):
         if val_regions and not self.val_windows:
             raise InputError(self.fasta_path, f"no validation windows: all {len(val)} held-out windows have "
                                               f"more than data.max_n_fraction={cfg.max_n_fraction} N")
+
+        self.summary = (f"{len(self.train_windows)} training windows of {cfg.seq_len} bases "
+                        f"({len(train) - len(self.train_windows)} skipped for more than "
+                        f"{cfg.max_n_fraction:.0%} N), {len(self.val_windows)} validation windows "
+                        f"({len(val) - len(self.val_windows)} skipped) from {self.fasta_path}")
+        _announce(f"dnamamba: data: {self.summary}")
 
         common = dict(soft_mask=cfg.soft_mask, soft_mask_weight=cfg.soft_mask_weight, seed=cfg.seed,
                       seq_len=cfg.seq_len)

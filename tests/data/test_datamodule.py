@@ -163,3 +163,19 @@ def test_chr20_config_skips_n_windows(monkeypatch, shared):
         assert (n <= 0.1 * 4096).all()
         # The training range holds 3.36 Mb of N (the telomere and three gaps): those windows are dropped.
         assert abs(len(dm.train_windows) - (cut - 3_360_000) / 4096) < 5
+
+
+def test_numeric_record_names_from_hydra_and_no_validation(make_fasta, lambda_seq, capsys):
+    # `data.records=[20]` reaches the module as the integer 20; record names are strings.
+    seq = lambda_seq.decode()
+    path = make_fasta({"20": seq[:6000], "21": seq[6000:9000] + "N" * 1000})
+    dm = FastaDataModule(fasta=str(path), records=[20], val_records=21, seq_len=500)
+    dm.setup()
+    assert {w.name for w in dm.train_windows} == {"20"} and {w.name for w in dm.val_windows} == {"21"}
+    assert "12 training windows" in dm.summary and "6 validation windows (2 skipped)" in dm.summary
+    assert dm.summary in capsys.readouterr().err
+
+    none = FastaDataModule(fasta=str(path), records=["20"], val_fraction=0.0, seq_len=500)
+    none.setup()
+    assert none.val_windows == [] and list(none.val_dataloader()) == []
+    assert max(w.end for w in none.train_windows) == 6000

@@ -165,3 +165,11 @@ def test_dataset_with_spawned_workers(lambda_fa, lambda_seq):
     loader = DataLoader(ds, batch_size=3, num_workers=2, multiprocessing_context="spawn")
     seen = [decode(t) for batch in loader for t in batch["tokens"]]
     assert seen == [lambda_seq[w.start:w.end].decode() for w in windows]
+
+
+def test_short_window_reverse_complement_keeps_padding_right(lambda_fa, lambda_seq):
+    ds = WindowDataset(str(lambda_fa), [Window(LAMBDA, 48480, 48502)], seq_len=32, rc_prob=1.0)
+    item = ds[0]
+    assert decode(item["tokens"]) == str(Seq(lambda_seq[48480:].decode()).reverse_complement())
+    assert item["tokens"][22:].eq(PAD_ID).all() and item["loss_weight"][22:].eq(0).all()
+    assert item["loss_weight"][:22].eq(1).all()

@@ -169,7 +169,7 @@ class WindowDataset(Dataset):
     - Windows shorter than `seq_len` (default: the longest window) are right-padded with PAD_ID and
       weight 0.
 
-    `fasta` may be a path or an open `FastaFile`; either way the dataset pickles into DataLoader
+    `fasta_path` may be a path or an open `FastaFile`; either way the dataset pickles into DataLoader
     workers and each worker reopens the file.
     """
 

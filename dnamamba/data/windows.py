@@ -113,19 +113,24 @@ def held_out_start(record_length: int, val_fraction: float) -> int:
     return record_length - int(round(record_length * val_fraction))
 
 
-def split_by_fraction(regions: Iterable[Window], lengths: dict[str, int],
-                      val_fraction: float) -> tuple[list[Window], list[Window]]:
-    """Cut each region at its record's held-out start: the part before it is for training, the part
-    from it on for validation. Training windows tiled from the first list therefore lie entirely
-    before every held-out base of their record."""
+def split_at(regions: Iterable[Window], cuts: dict[str, int]) -> tuple[list[Window], list[Window]]:
+    """Cut each region at its record's held-out start `cuts[name]`: the part before it is for training,
+    the part from it on for validation. Training windows tiled from the first list therefore lie
+    entirely before every held-out base of their record."""
     train, val = [], []
     for r in regions:
-        cut = held_out_start(lengths[r.name], val_fraction)
+        cut = cuts[r.name]
         if r.start < min(r.end, cut):
             train.append(Window(r.name, r.start, min(r.end, cut)))
         if max(r.start, cut) < r.end:
             val.append(Window(r.name, max(r.start, cut), r.end))
     return train, val
+
+
+def split_by_fraction(regions: Iterable[Window], lengths: dict[str, int],
+                      val_fraction: float) -> tuple[list[Window], list[Window]]:
+    """`split_at` holding out the last `val_fraction` of each record (see `held_out_start`)."""
+    return split_at(regions, {name: held_out_start(n, val_fraction) for name, n in lengths.items()})
 
 
 def split_by_records(regions: Iterable[Window],

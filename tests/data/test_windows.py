@@ -9,7 +9,8 @@ from torch.utils.data import DataLoader
 from dnamamba.alphabet import PAD_ID, decode, reverse_complement
 from dnamamba.data.fasta import FastaFile
 from dnamamba.data.windows import (Window, WindowDataset, filter_n, held_out_start, merge_regions,
-                                   record_regions, split_by_fraction, split_by_records, tile, tile_all)
+                                   record_regions, split_at, split_by_fraction, split_by_records, tile,
+                                   tile_all)
 
 LAMBDA = "gi|9626243|ref|NC_001416.1|"
 
@@ -63,6 +64,13 @@ def test_fraction_split_never_overlaps_and_covers_each_record():
         assert (covered == 1).all()  # every held-out base scored exactly once
     # A region that lies wholly in the tail goes wholly to validation.
     assert split_by_fraction([Window("a", 9_500, 9_600)], lengths, 0.1) == ([], [Window("a", 9_500, 9_600)])
+
+
+def test_split_at_holds_out_the_last_bases():
+    regions = [Window("a", 0, 1000), Window("a", 1500, 2000), Window("b", 100, 400)]
+    train, val = split_at(regions, {"a": 2000 - 700, "b": 500 - 300})  # last 700 and 300 bases
+    assert train == [Window("a", 0, 1000), Window("b", 100, 200)]
+    assert val == [Window("a", 1500, 2000), Window("b", 200, 400)]
 
 
 def test_record_split():

@@ -1,0 +1,204 @@
+"""Benchmark: the Triton selective scan against mamba_ssm's CUDA scan, on the same inputs, in one process.
+
+    python bench/scan.py --anchors ../shared/anchors --out bench/results
+
+Builds mamba_ssm's CUDA scan from the anchors folder (about two minutes), then for each (batch, L) at
+D=1024, N=16, bf16, with z gating and softplus: forward and forward+backward medians from
+triton.testing.do_bench, and the extra peak memory of one forward+backward over the inputs already
+allocated. Layouts are transposed for mamba_ssm (channels first) outside the timed region. At
+L = 2^20 it also reports ||ours - mamba|| / ||mamba|| for the output and every gradient, the time of
+each kernel (torch.profiler) and a few launch-shape variants. Imports only torch, triton and
+dnamamba_kernels.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import triton
+
+from dnamamba_kernels import ScanConfig, selective_scan_triton
+
+SHAPES = [(8, 4096), (1, 32768), (1, 131072), (1, 1048576), (1, 2097152)]
+DIM, DSTATE = 1024, 16
+EXP_RATE = 4.0e12  # exp2 per second on the H200, measured (DESIGN.md, "Know the floors")
+
+
+def make_inputs(batch, L, seed=0):
+    """Mamba-like values: A = -(1..16) per channel, dt from softplus(delta + bias) in about [1e-3, 1e-1]."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    bf = torch.bfloat16
+    u = torch.randn(batch, L, DIM, device="cuda", generator=g, dtype=bf)
+    delta = (torch.randn(batch, L, DIM, device="cuda", generator=g) * 0.5).to(bf)
+    z = torch.randn(batch, L, DIM, device="cuda", generator=g, dtype=bf)
+    A = -torch.arange(1, DSTATE + 1, device="cuda", dtype=torch.float32).repeat(DIM, 1)
+    A = A * torch.exp(torch.randn(DIM, DSTATE, device="cuda", generator=g) * 0.1)
+    B = torch.randn(batch, L, 1, DSTATE, device="cuda", generator=g, dtype=bf)
+    C = torch.randn(batch, L, 1, DSTATE, device="cuda", generator=g, dtype=bf)
+    D = torch.randn(DIM, device="cuda", generator=g)
+    dt = torch.exp(torch.rand(DIM, device="cuda", generator=g) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+    bias = dt + torch.log(-torch.expm1(-dt))  # inverse softplus, as mamba_ssm initialises dt_proj
+    return dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=bias)
+
+
+def to_mamba(x):
+    """Channel-last (batch, L, dim) and (batch, L, G, N) to mamba_ssm's channels-first layouts."""
+    return dict(u=x["u"].transpose(1, 2).contiguous(), delta=x["delta"].transpose(1, 2).contiguous(),
+                A=x["A"], B=x["B"].permute(0, 2, 3, 1).contiguous(), C=x["C"].permute(0, 2, 3, 1).contiguous(),
+                D=x["D"], z=x["z"].transpose(1, 2).contiguous(), delta_bias=x["delta_bias"])
+
+
+def runner(impl, x, mamba_fn, cfg):
+    if impl == "triton":
+        return lambda **t: selective_scan_triton(t["u"], t["delta"], t["A"], t["B"], t["C"], D=t["D"], z=t["z"],
+                                                 delta_bias=t["delta_bias"], delta_softplus=True, config=cfg)
+    return lambda **t: mamba_fn(t["u"], t["delta"], t["A"], t["B"], t["C"], D=t["D"], z=t["z"],
+                                delta_bias=t["delta_bias"], delta_softplus=True)
+
+
+def measure(fn, x, rep=200):
+    """Forward ms, forward+backward ms, extra peak GB of one forward+backward (grads included)."""
+    x = {k: v.detach() for k, v in x.items()}
+    with torch.no_grad():
+        fwd = triton.testing.do_bench(lambda: fn(**x), rep=rep, return_mode="median")
+    leaves = {k: v.clone().requires_grad_(True) for k, v in x.items()}
+    out = fn(**leaves)
+    gy = torch.randn_like(out)
+    del out
+
+    def step():
+        fn(**leaves).backward(gy)
+
+    fb = triton.testing.do_bench(step, rep=rep, grad_to_none=list(leaves.values()), return_mode="median")
+    for v in leaves.values():
+        v.grad = None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    step()
+    torch.cuda.synchronize()
+    peak = (torch.cuda.max_memory_allocated() - base) / 1e9
+    grads = {k: v.grad for k, v in leaves.items()}
+    return fwd, fb, peak, grads, gy
+
+
+def rel(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def kernel_times(fn, x):
+    """Median-ish per-kernel CUDA time of one forward+backward, from torch.profiler."""
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in x.items()}
+    out = fn(**leaves)
+    gy = torch.randn_like(out)
+    for _ in range(2):
+        fn(**leaves).backward(gy)
+    torch.cuda.synchronize()
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            fn(**leaves).backward(gy)
+        torch.cuda.synchronize()
+    rows = {}
+    for e in prof.key_averages():
+        t = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+        if t > 0:
+            rows[e.key[:60]] = t / 3 / 1e3  # ms per forward+backward
+    return dict(sorted(rows.items(), key=lambda kv: -kv[1])[:12])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--anchors", default="../shared/anchors")
+    ap.add_argument("--out", default="bench/results")
+    ap.add_argument("--shapes", default=None, help="comma list of batchxL, e.g. 8x4096,1x1048576")
+    ap.add_argument("--variants", action="store_true", help="also time launch-shape variants at L=2^20")
+    ap.add_argument("--no-mamba", action="store_true")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    shapes = SHAPES if not args.shapes else [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    mamba_fn = None
+    if not args.no_mamba:
+        sys.path.insert(0, str(Path(args.anchors).resolve()))
+        from mamba_ssm_anchor import load
+
+        t = time.time()
+        mamba_fn = load()[0]
+        print(f"built mamba_ssm's CUDA scan in {time.time() - t:.0f} s", flush=True)
+    cfg = ScanConfig()
+    rows, extra = [], {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                       "triton": triton.__version__, "config": repr(cfg)}
+    for batch, L in shapes:
+        x = make_inputs(batch, L)
+        floor_ms = batch * L * DIM * DSTATE / EXP_RATE * 1e3
+        res = {}
+        for impl in (["triton", "mamba_ssm"] if mamba_fn else ["triton"]):
+            xi = x if impl == "triton" else to_mamba(x)
+            fn = runner(impl, xi, mamba_fn, cfg)
+            fwd, fb, peak, grads, gy = measure(fn, xi)
+            res[impl] = (fwd, fb, grads, gy)
+            row = dict(impl=impl, batch=batch, seqlen=L, dim=DIM, dstate=DSTATE, dtype="bfloat16",
+                       fwd_ms=round(fwd, 3), fwdbwd_ms=round(fb, 3), peak_extra_gb=round(peak, 3),
+                       exp_floor_ms=round(floor_ms, 3), fwd_floor_share=round(floor_ms / fwd, 3))
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            del grads
+            torch.cuda.empty_cache()
+        if mamba_fn:
+            t, m = res["triton"], res["mamba_ssm"]
+            rows[-2]["fwd_ratio"] = round(t[0] / m[0], 3)
+            rows[-2]["fwdbwd_ratio"] = round(t[1] / m[1], 3)
+            print(f"ratio to mamba_ssm at {batch}x{L}: fwd {t[0] / m[0]:.3f}, fwd+bwd {t[1] / m[1]:.3f}", flush=True)
+        if L == 2 ** 20 and mamba_fn:
+            # the same inputs and the same output gradient through both
+            leaves = {k: v.detach().clone().requires_grad_(True) for k, v in x.items()}
+            y_t = runner("triton", x, None, cfg)(**leaves)
+            gy = torch.randn_like(y_t)
+            y_t.backward(gy)
+            mx = {k: v.detach().clone().requires_grad_(True) for k, v in to_mamba(x).items()}
+            y_m = runner("mamba_ssm", mx, mamba_fn, cfg)(**mx)
+            y_m.backward(gy.transpose(1, 2).contiguous())
+            back = {"u": lambda g: g.transpose(1, 2), "delta": lambda g: g.transpose(1, 2),
+                    "z": lambda g: g.transpose(1, 2), "B": lambda g: g.permute(0, 3, 1, 2),
+                    "C": lambda g: g.permute(0, 3, 1, 2)}
+            errs = {"out": rel(y_t, y_m.transpose(1, 2))}
+            for k in leaves:
+                errs["grad_" + k] = rel(leaves[k].grad, back.get(k, lambda g: g)(mx[k].grad))
+            extra["rel_error_vs_mamba_at_2^20"] = {k: float(f"{v:.3e}") for k, v in errs.items()}
+            print("relative error vs mamba_ssm at L=2^20:", json.dumps(extra["rel_error_vs_mamba_at_2^20"]),
+                  flush=True)
+            del leaves, mx, y_t, y_m
+            torch.cuda.empty_cache()
+        if L == 2 ** 20:
+            extra["kernel_ms_per_fwdbwd_at_2^20"] = kernel_times(runner("triton", x, None, cfg), x)
+            print("kernel times:", json.dumps(extra["kernel_ms_per_fwdbwd_at_2^20"]), flush=True)
+            if args.variants:
+                var = []
+                for kw in (dict(block_d=64, warps=2), dict(chunk=512), dict(chunk=2048),
+                           dict(bwd_block_d=64, bwd_warps=4), dict(bwd_block_d=32, bwd_warps=2),
+                           dict(sub=16, bwd_block_d=64, bwd_warps=4)):
+                    c = ScanConfig(**kw)
+                    fwd, fb, peak, grads, _ = measure(runner("triton", x, None, c), x, rep=100)
+                    var.append(dict(config=repr(c), fwd_ms=round(fwd, 3), fwdbwd_ms=round(fb, 3),
+                                    peak_extra_gb=round(peak, 3)))
+                    print(json.dumps(var[-1]), flush=True)
+                    del grads
+                extra["variants_at_2^20"] = var
+        del x
+        torch.cuda.empty_cache()
+    (out / "scan_h200.json").write_text(json.dumps({"rows": rows, "extra": extra}, indent=1) + "\n")
+    from make_table import write_outputs
+
+    write_outputs(out / "scan_h200.json")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    main()

@@ -1,0 +1,683 @@
+"""Triton selective scan, forward and backward, chunk-parallel over time.
+
+File order follows mamba_ssm: kernels, then launchers, then the autograd.Function, then the public
+function. The math (DESIGN.md, "The selective-scan kernels"):
+
+    delta = softplus(delta + delta_bias);  h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t
+    y_t = C_t . h_t + D u_t;  out = y * silu(z)
+
+Forward, three launches:
+  1. `_chunk_end_kernel`: each program owns one chunk of `chunk` steps x `block_d` channels and walks
+     time sequentially from h = 0, with the (dstate, block_d) state tile in registers (each thread
+     owns whole channels, so the sum over dstate never leaves the thread). It writes the chunk's end
+     state and its total decay exp(A * sum(delta)).
+  2. `_carry_kernel`: one short sequential pass over chunks turns those into each chunk's true
+     starting state (and the final state).
+  3. `_chunk_out_kernel`: each chunk again from its true start, writing the outputs.
+  That is two exponentials per (t, d, n): the floor DESIGN.md names for this route.
+
+Backward, four launches, nothing of shape (batch, seqlen, dim, dstate):
+  1. `_bwd_chunk_kernel`: forward again from the saved chunk-start states, writing the state every
+     `sub` steps (seqlen/sub checkpoints), and the chunk's local adjoint
+     sum_t (prod_{r<=t} dA_r) C_t dy_t, computed forwards with a running product (no division).
+  2. `_carry_kernel` in reverse: the adjoint at every chunk end.
+  3. `_bwd_out_kernel`: per sub-tile of `sub` steps (last to first) and per state n: a forward
+     associative scan rebuilds h inside the tile from its checkpoint, a reverse scan gives the
+     adjoint, and every gradient is formed. dB and dC are summed over the block's channels and added
+     atomically; dA, dD and d(delta_bias) go to per-chunk partial sums reduced afterwards.
+
+Packed sequences (`cu_seqlens`) use a per-step sequence index: at a sequence start the state is
+replaced by that sequence's initial state (or zeros) and a chunk containing a start passes no state
+across it (its total decay is 0). All offsets that scale with seqlen are int64.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+from triton.runtime.jit import JITFunction
+
+from .naive import compute_dtype
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+
+DEFAULT_CHUNK = 1024
+DEFAULT_SUB = 32
+DEFAULT_BLOCK_D = 128
+DEFAULT_WARPS = 4
+DEFAULT_BWD_BLOCK_D = 32
+DEFAULT_BWD_WARPS = 4
+DEFAULT_CARRY_BLOCK = 512
+
+
+# The scan combine functions are always compiled-mode JITFunctions: the interpreter calls their
+# plain Python body (`.fn`), the compiler needs the JITFunction, so one object serves both.
+def _affine_combine(a_early, x_early, a_late, x_late):
+    # h = a_late * (a_early * h_in + x_early) + x_late
+    return a_early * a_late, a_late * x_early + x_late
+
+
+def _adjoint_combine(pa_late, m_late, b_late, pa_early, m_early, b_early):
+    # A segment [i..j] stands for mu_i = b + m * nu, where nu = a_{j+1} mu_{j+1} comes from the right,
+    # and pa = a_i is the decay a segment to its left must apply. Joining early [i..k] with late
+    # [k+1..j]: nu_early = pa_late * (b_late + m_late * nu).
+    w = m_early * pa_late
+    return pa_early, w * m_late, b_early + w * b_late
+
+
+_affine_combine = JITFunction(_affine_combine)
+# Triton's own sum combine: the interpreter recognises it and sums with numpy; tl.sum itself is a
+# jit function fixed at triton's import to one mode, so the kernels call tl.reduce with this directly.
+_add = tl.standard._sum_combine
+_adjoint_combine = JITFunction(_adjoint_combine)
+
+
+def _chunk_end_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, seq_ptr, h0_ptr, hend_ptr, P_ptr,
+                      L, D, G, nchunks, unit,
+                      N: tl.constexpr, CHUNK: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, HAS_BIAS: tl.constexpr,
+                      SOFTPLUS: tl.constexpr, PACKED: tl.constexpr, HAS_H0: tl.constexpr,
+                      ONE_GROUP: tl.constexpr):
+    pid_c = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    d = pid_d * BD + tl.arange(0, BD)  # (BD,)
+    n = tl.arange(0, NP)  # (NP,)
+    dl = d * unit  # the same channels; see the note on `unit` above _COMPILED
+    dmask = d < D
+    m2 = (n < N)[:, None] & dmask[None, :]  # (NP, BD)
+    A2 = tl.load(A_ptr + n[:, None] * D + dl[None, :], mask=m2, other=0.0) * 1.4426950408889634
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d, mask=dmask, other=0.0)
+    dpg = D // G
+    t0 = pid_c * CHUNK
+    t1 = tl.minimum(t0 + CHUNK, L)
+    row = pid_b * L + t0  # int64: the first (batch, t) row of this chunk
+    ud = row * D + d  # (BD,) int64
+    if ONE_GROUP:
+        bc0 = ((pid_d * BD) // dpg) * N + n  # (NP,)
+    else:
+        bc0 = (d[None, :] // dpg) * N + n[:, None]  # (NP, BD)
+    h = tl.full((NP, BD), 0.0, tl.float32)
+    dt_sum = tl.full((BD,), 0.0, tl.float32)
+    keep = tl.full((BD,), 1.0, tl.float32)
+    for t in range(t0, t1):
+        # recomputed from t (not carried) so the compiler sees 16-element alignment: vector loads of B and C
+        bc = (pid_b * L + t) * (G * N) + bc0
+        dt = tl.load(dt_ptr + ud, mask=dmask, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            dt += bias
+        if SOFTPLUS:
+            dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
+        u = tl.load(u_ptr + ud, mask=dmask, other=0.0).to(tl.float32)
+        if ONE_GROUP:
+            Bt = tl.load(B_ptr + bc, mask=n < N, other=0.0).to(tl.float32)[:, None]
+        else:
+            Bt = tl.load(B_ptr + bc, mask=m2, other=0.0).to(tl.float32)
+        if PACKED:
+            s = tl.load(seq_ptr + t)
+            s_prev = tl.where(t > 0, tl.load(seq_ptr + tl.maximum(t - 1, 0)), -1)
+            start = s != s_prev
+            if HAS_H0:
+                hs = tl.load(h0_ptr + s.to(tl.int64) * D * N + d[None, :] * N + n[:, None],
+                             mask=m2, other=0.0)
+                h = tl.where(start, hs, h)
+            else:
+                h = tl.where(start, 0.0, h)
+            keep = tl.where(start, 0.0, keep)
+        dt_sum += dt
+        h = tl.exp2(dt[None, :] * A2) * h + (dt * u)[None, :] * Bt
+        ud += D
+    out = (pid_b * nchunks + pid_c) * N * D + n[:, None] * D + dl[None, :]  # (NP, BD), layout (B, nchunks, N, D)
+    tl.store(hend_ptr + out, h, mask=m2)
+    tl.store(P_ptr + out, tl.exp2(A2 * dt_sum[None, :]) * keep[None, :], mask=m2)
+
+
+def _carry_kernel(P_ptr, e_ptr, init_ptr, out_ptr, last_ptr, nchunks, DN,
+                  BLOCK: tl.constexpr, HAS_INIT: tl.constexpr, REVERSE: tl.constexpr):
+    # s_{c} = P_c * s_{c-1} + e_c over chunks (or from the last chunk down with REVERSE);
+    # out[c] receives the value entering chunk c, last the value after all chunks.
+    pid = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    j = pid * BLOCK + tl.arange(0, BLOCK)
+    m = j < DN
+    if HAS_INIT:
+        s = tl.load(init_ptr + pid_b * DN + j, mask=m, other=0.0)
+    else:
+        s = tl.full((BLOCK,), 0.0, tl.float32)
+    for i in range(nchunks):
+        if REVERSE:
+            c = nchunks - 1 - i
+        else:
+            c = i
+        off = (pid_b * nchunks + c) * DN + j
+        tl.store(out_ptr + off, s, mask=m)
+        s = tl.load(P_ptr + off, mask=m, other=0.0) * s + tl.load(e_ptr + off, mask=m, other=0.0)
+    tl.store(last_ptr + pid_b * DN + j, s, mask=m)
+
+
+def _chunk_out_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, seq_ptr, h0_ptr, hstart_ptr,
+                      out_ptr, final_ptr,
+                      L, D, G, nchunks, unit,
+                      N: tl.constexpr, CHUNK: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, HAS_D: tl.constexpr,
+                      HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, PACKED: tl.constexpr,
+                      HAS_H0: tl.constexpr, ONE_GROUP: tl.constexpr):
+    pid_c = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    d = pid_d * BD + tl.arange(0, BD)  # (BD,)
+    n = tl.arange(0, NP)  # (NP,)
+    dl = d * unit  # the same channels; see the note on `unit` above _COMPILED
+    dmask = d < D
+    nmask = n < N
+    m2 = nmask[:, None] & dmask[None, :]  # (NP, BD)
+    A2 = tl.load(A_ptr + n[:, None] * D + dl[None, :], mask=m2, other=0.0) * 1.4426950408889634
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d, mask=dmask, other=0.0)
+    if HAS_D:
+        Dv = tl.load(D_ptr + d, mask=dmask, other=0.0)
+    dpg = D // G
+    t0 = pid_c * CHUNK
+    t1 = tl.minimum(t0 + CHUNK, L)
+    row = pid_b * L + t0
+    ud = row * D + d
+    if ONE_GROUP:
+        bc0 = ((pid_d * BD) // dpg) * N + n
+    else:
+        bc0 = (d[None, :] // dpg) * N + n[:, None]
+    st = (pid_b * nchunks + pid_c) * N * D + n[:, None] * D + dl[None, :]
+    h = tl.load(hstart_ptr + st, mask=m2, other=0.0)  # (NP, BD): the true state entering this chunk
+    for t in range(t0, t1):
+        # recomputed from t (not carried) so the compiler sees 16-element alignment: vector loads of B and C
+        bc = (pid_b * L + t) * (G * N) + bc0
+        dt = tl.load(dt_ptr + ud, mask=dmask, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            dt += bias
+        if SOFTPLUS:
+            dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
+        u = tl.load(u_ptr + ud, mask=dmask, other=0.0).to(tl.float32)
+        if ONE_GROUP:
+            Bt = tl.load(B_ptr + bc, mask=nmask, other=0.0).to(tl.float32)[:, None]
+            Ct = tl.load(C_ptr + bc, mask=nmask, other=0.0).to(tl.float32)[:, None]
+        else:
+            Bt = tl.load(B_ptr + bc, mask=m2, other=0.0).to(tl.float32)
+            Ct = tl.load(C_ptr + bc, mask=m2, other=0.0).to(tl.float32)
+        if PACKED:
+            s = tl.load(seq_ptr + t)
+            s_prev = tl.where(t > 0, tl.load(seq_ptr + tl.maximum(t - 1, 0)), -1)
+            s_next = tl.where(t + 1 < L, tl.load(seq_ptr + tl.minimum(t + 1, L - 1)), -1)
+            start = s != s_prev
+            if HAS_H0:
+                hs = tl.load(h0_ptr + s.to(tl.int64) * D * N + d[None, :] * N + n[:, None],
+                             mask=m2, other=0.0)
+                h = tl.where(start, hs, h)
+            else:
+                h = tl.where(start, 0.0, h)
+        h = tl.exp2(dt[None, :] * A2) * h + (dt * u)[None, :] * Bt
+        y = tl.reduce(h * Ct, 0, _add)  # (BD,)
+        if HAS_D:
+            y += Dv * u
+        if HAS_Z:
+            zt = tl.load(z_ptr + ud, mask=dmask, other=0.0).to(tl.float32)
+            y = y * zt / (1.0 + tl.exp(-zt))
+        tl.store(out_ptr + ud, y, mask=dmask)
+        if PACKED:
+            is_end = tl.full((NP, BD), 1, tl.int32) * (s != s_next).to(tl.int32)  # the scalar, as a tile mask
+            tl.store(final_ptr + s.to(tl.int64) * D * N + d[None, :] * N + n[:, None], h, mask=m2 & (is_end > 0))
+        ud += D
+
+
+def _bwd_chunk_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, z_ptr, bias_ptr, gout_ptr, seq_ptr, h0_ptr, gfin_ptr,
+                      hstart_ptr, hsub_ptr, local_ptr,
+                      L, D, G, nchunks, unit, nsub,
+                      N: tl.constexpr, CHUNK: tl.constexpr, SUB: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr,
+                      HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, PACKED: tl.constexpr,
+                      HAS_H0: tl.constexpr, HAS_GFIN: tl.constexpr, ONE_GROUP: tl.constexpr):
+    pid_c = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    d = pid_d * BD + tl.arange(0, BD)
+    n = tl.arange(0, NP)
+    dl = d * unit  # the same channels; see the note on `unit` above _COMPILED
+    dmask = d < D
+    nmask = n < N
+    m2 = nmask[:, None] & dmask[None, :]
+    A2 = tl.load(A_ptr + n[:, None] * D + dl[None, :], mask=m2, other=0.0) * 1.4426950408889634
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d, mask=dmask, other=0.0)
+    dpg = D // G
+    t0 = pid_c * CHUNK
+    t1 = tl.minimum(t0 + CHUNK, L)
+    row = pid_b * L + t0
+    ud = row * D + d
+    if ONE_GROUP:
+        bc0 = ((pid_d * BD) // dpg) * N + n
+    else:
+        bc0 = (d[None, :] // dpg) * N + n[:, None]
+    tile = n[:, None] * D + dl[None, :]  # (NP, BD) offsets inside one (N, D) state slab
+    st = (pid_b * nchunks + pid_c) * N * D
+    h = tl.load(hstart_ptr + st + tile, mask=m2, other=0.0)
+    acc = tl.full((NP, BD), 0.0, tl.float32)  # adjoint of the state entering the chunk, from this chunk alone
+    cp = tl.full((NP, BD), 1.0, tl.float32)  # running product of decays since the chunk start
+    sub_row = pid_b * nsub + t0 // SUB
+    for ts in range(t0, t1, SUB):
+        tl.store(hsub_ptr + sub_row * N * D + tile, h, mask=m2)
+        sub_row += 1
+        for t in range(ts, tl.minimum(ts + SUB, t1)):
+            bc = (pid_b * L + t) * (G * N) + bc0
+            dt = tl.load(dt_ptr + ud, mask=dmask, other=0.0).to(tl.float32)
+            if HAS_BIAS:
+                dt += bias
+            if SOFTPLUS:
+                dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
+            u = tl.load(u_ptr + ud, mask=dmask, other=0.0).to(tl.float32)
+            gy = tl.load(gout_ptr + ud, mask=dmask, other=0.0).to(tl.float32)
+            if HAS_Z:
+                zt = tl.load(z_ptr + ud, mask=dmask, other=0.0).to(tl.float32)
+                gy = gy * zt / (1.0 + tl.exp(-zt))
+            if ONE_GROUP:
+                Bt = tl.load(B_ptr + bc, mask=nmask, other=0.0).to(tl.float32)[:, None]
+                Ct = tl.load(C_ptr + bc, mask=nmask, other=0.0).to(tl.float32)[:, None]
+            else:
+                Bt = tl.load(B_ptr + bc, mask=m2, other=0.0).to(tl.float32)
+                Ct = tl.load(C_ptr + bc, mask=m2, other=0.0).to(tl.float32)
+            if PACKED:
+                s = tl.load(seq_ptr + t)
+                s_prev = tl.where(t > 0, tl.load(seq_ptr + tl.maximum(t - 1, 0)), -1)
+                start = s != s_prev
+                if HAS_H0:
+                    hs = tl.load(h0_ptr + s.to(tl.int64) * D * N + d[None, :] * N + n[:, None],
+                                 mask=m2, other=0.0)
+                    h = tl.where(start, hs, h)
+                else:
+                    h = tl.where(start, 0.0, h)
+                cp = tl.where(start, 0.0, cp)
+            dA = tl.exp2(dt[None, :] * A2)
+            h = dA * h + (dt * u)[None, :] * Bt
+            cp = cp * dA
+            acc += cp * (Ct * gy[None, :])
+            if PACKED:
+                if HAS_GFIN:
+                    s_next = tl.where(t + 1 < L, tl.load(seq_ptr + tl.minimum(t + 1, L - 1)), -1)
+                    gf = tl.load(gfin_ptr + s.to(tl.int64) * D * N + d[None, :] * N + n[:, None],
+                                 mask=m2, other=0.0)
+                    acc += tl.where(s != s_next, cp * gf, 0.0)
+            ud += D
+        tl.store(local_ptr + st + tile, acc, mask=m2)
+
+
+def _bwd_out_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, gout_ptr, seq_ptr, h0_ptr, gfin_ptr,
+                    hsub_ptr, nu_ptr,
+                    gu_ptr, gdt_ptr, gz_ptr, gB_ptr, gC_ptr, gA_ptr, gD_ptr, gbias_ptr, gh0_ptr,
+                    L, D, G, nchunks, nsub,
+                    N: tl.constexpr, CHUNK: tl.constexpr, SUB: tl.constexpr, BD: tl.constexpr, HAS_D: tl.constexpr,
+                    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, PACKED: tl.constexpr,
+                    HAS_H0: tl.constexpr, HAS_GFIN: tl.constexpr, ONE_GROUP: tl.constexpr):
+    pid_c = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    d = pid_d * BD + tl.arange(0, BD)  # (BD,)
+    r = tl.arange(0, SUB)  # (SUB,)
+    dmask = d < D
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d, mask=dmask, other=0.0)
+    if HAS_D:
+        Dv = tl.load(D_ptr + d, mask=dmask, other=0.0)
+    dpg = D // G
+    g0 = (pid_d * BD) // dpg
+    gd = d // dpg  # (BD,)
+    t0 = pid_c * CHUNK
+    t1 = tl.minimum(t0 + CHUNK, L)
+    nsub_chunk = (t1 - t0 + SUB - 1) // SUB
+    st = (pid_b * nchunks + pid_c) * N * D  # this chunk's (N, D) slab in nu / dA partials
+    gD_acc = tl.full((BD,), 0.0, tl.float32)
+    gb_acc = tl.full((BD,), 0.0, tl.float32)
+    for k in range(nsub_chunk):
+        j = nsub_chunk - 1 - k
+        ts = t0 + j * SUB + r  # (SUB,)
+        tmask = ts < t1
+        m2 = tmask[:, None] & dmask[None, :]  # (SUB, BD)
+        rows = pid_b * L + ts.to(tl.int64)  # (SUB,)
+        off = rows[:, None] * D + d[None, :]  # (SUB, BD)
+        raw = tl.load(dt_ptr + off, mask=m2, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            raw += bias[None, :]
+        if SOFTPLUS:
+            dt = tl.where(raw <= 20.0, tl.log(1.0 + tl.exp(raw)), raw)
+        else:
+            dt = raw
+        dt = tl.where(m2, dt, 0.0)  # padded steps: decay 1, input 0, so they pass the adjoint through
+        u = tl.load(u_ptr + off, mask=m2, other=0.0).to(tl.float32)
+        go = tl.load(gout_ptr + off, mask=m2, other=0.0).to(tl.float32)
+        if HAS_Z:
+            zz = tl.load(z_ptr + off, mask=m2, other=0.0).to(tl.float32)
+            sig = 1.0 / (1.0 + tl.exp(-zz))
+            gy = go * zz * sig
+        else:
+            gy = go
+        if PACKED:
+            srow = tl.load(seq_ptr + ts, mask=tmask, other=-1)
+            sprev = tl.load(seq_ptr + ts - 1, mask=tmask & (ts > 0), other=-1)
+            snext = tl.load(seq_ptr + ts + 1, mask=tmask & (ts + 1 < L), other=-1)
+            start = (srow != sprev) & tmask  # (SUB,)
+            end = (srow != snext) & tmask
+            sbase = srow.to(tl.int64) * D * N  # (SUB,)
+        dtu = dt * u
+        y = tl.full((SUB, BD), 0.0, tl.float32)
+        gu = tl.full((SUB, BD), 0.0, tl.float32)
+        gdt = tl.full((SUB, BD), 0.0, tl.float32)
+        bc_rows = rows * G * N  # (SUB,)
+        hs_row = (pid_b * nsub + (t0 // SUB + j)) * N * D
+        for nn in range(N):
+            A_n = tl.load(A_ptr + nn * D + d, mask=dmask, other=0.0)  # (BD,)
+            if ONE_GROUP:
+                Bn = tl.load(B_ptr + bc_rows + g0 * N + nn, mask=tmask, other=0.0).to(tl.float32)[:, None]
+                Cn = tl.load(C_ptr + bc_rows + g0 * N + nn, mask=tmask, other=0.0).to(tl.float32)[:, None]
+            else:
+                bcn = bc_rows[:, None] + gd[None, :] * N + nn
+                Bn = tl.load(B_ptr + bcn, mask=m2, other=0.0).to(tl.float32)
+                Cn = tl.load(C_ptr + bcn, mask=m2, other=0.0).to(tl.float32)
+            a = tl.exp2(dt * (A_n * 1.4426950408889634)[None, :])  # (SUB, BD)
+            x = dtu * Bn
+            a_s = a
+            x_s = x
+            if PACKED:
+                # at a sequence start the previous state is that sequence's initial state, not the carry
+                if HAS_H0:
+                    hs = tl.load(h0_ptr + sbase[:, None] + d[None, :] * N + nn,
+                                 mask=m2 & start[:, None], other=0.0)
+                    x_s = x + a * hs
+                a_s = tl.where(start[:, None], 0.0, a)
+            h_in = tl.load(hsub_ptr + hs_row + nn * D + d, mask=dmask, other=0.0)  # (BD,)
+            cum_a, cum_x = tl.associative_scan((a_s, x_s), 0, _affine_combine)
+            h = cum_x + cum_a * h_in[None, :]  # (SUB, BD): the state after each step
+            y += Cn * h
+            c = Cn * gy
+            if PACKED:
+                if HAS_GFIN:
+                    c += tl.load(gfin_ptr + sbase[:, None] + d[None, :] * N + nn,
+                                 mask=m2 & end[:, None], other=0.0)
+            nu = tl.load(nu_ptr + st + nn * D + d, mask=dmask, other=0.0)  # (BD,): a_{next} mu_{next}
+            _, m_cum, b_cum = tl.associative_scan((a_s, tl.full((SUB, BD), 1.0, tl.float32), c), 0,
+                                                 _adjoint_combine, reverse=True)
+            mu = b_cum + m_cum * nu[None, :]  # (SUB, BD): adjoint of the state after each step
+            amu = a_s * mu
+            tl.store(nu_ptr + st + nn * D + d, tl.reduce(tl.where(r[:, None] == 0, amu, 0.0), 0, _add), mask=dmask)
+            hx = h - x  # a * h_prev: the decayed previous state (a * h0 at a sequence start)
+            if PACKED:
+                if HAS_H0:
+                    tl.store(gh0_ptr + sbase[:, None] + d[None, :] * N + nn, a * mu, mask=m2 & start[:, None])
+            gxb = mu * dtu  # (SUB, BD): dL/dB before the sum over channels
+            gxc = gy * h
+            if ONE_GROUP:
+                tl.atomic_add(gB_ptr + bc_rows + g0 * N + nn, tl.reduce(tl.where(m2, gxb, 0.0), 1, _add), mask=tmask)
+                tl.atomic_add(gC_ptr + bc_rows + g0 * N + nn, tl.reduce(tl.where(m2, gxc, 0.0), 1, _add), mask=tmask)
+            else:
+                tl.atomic_add(gB_ptr + bcn, gxb, mask=m2)
+                tl.atomic_add(gC_ptr + bcn, gxc, mask=m2)
+            gu += mu * dt * Bn
+            gdt += mu * (u * Bn + A_n[None, :] * hx)
+            ga = tl.reduce(tl.where(m2, mu * hx * dt, 0.0), 0, _add)  # (BD,)
+            ga_ptr = gA_ptr + st + nn * D + d
+            tl.store(ga_ptr, tl.load(ga_ptr, mask=dmask, other=0.0) + ga, mask=dmask)
+        if HAS_D:
+            y += Dv[None, :] * u
+            gu += gy * Dv[None, :]
+            gD_acc += tl.reduce(tl.where(m2, gy * u, 0.0), 0, _add)
+        if HAS_Z:
+            tl.store(gz_ptr + off, go * y * sig * (1.0 + zz * (1.0 - sig)), mask=m2)
+        if SOFTPLUS:
+            gdt = tl.where(raw <= 20.0, gdt / (1.0 + tl.exp(-raw)), gdt)
+        if HAS_BIAS:
+            gb_acc += tl.reduce(tl.where(m2, gdt, 0.0), 0, _add)
+        tl.store(gu_ptr + off, gu, mask=m2)
+        tl.store(gdt_ptr + off, gdt, mask=m2)
+    part = (pid_b * nchunks + pid_c) * D + d
+    if HAS_D:
+        tl.store(gD_ptr + part, gD_acc, mask=dmask)
+    if HAS_BIAS:
+        tl.store(gbias_ptr + part, gb_acc, mask=dmask)
+
+
+_UNIT_KERNELS = ("_chunk_end_kernel", "_chunk_out_kernel", "_bwd_chunk_kernel")
+_RAW = {f.__name__: f for f in (_chunk_end_kernel, _carry_kernel, _chunk_out_kernel, _bwd_chunk_kernel,
+                                 _bwd_out_kernel)}
+# `unit` is a runtime 1 that is never specialised. Offsets into the (dstate, block_d) state tiles go
+# through it, so the compiler cannot prove them contiguous and does not vectorise those few loads: a
+# vectorised load makes it spread dstate over warps, and then every step's sum over dstate crosses
+# warps through shared memory. Without it each thread keeps whole channels in registers.
+_COMPILED = {name: JITFunction(f, do_not_specialize=["unit"] if name in _UNIT_KERNELS else None)
+             for name, f in _RAW.items()}
+_INTERPRETED: dict = {}
+
+
+def interpreting() -> bool:
+    """True when TRITON_INTERPRET=1 is set now: kernels then run on CPU tensors through Triton's interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+def _kernel(name: str, device: torch.device):
+    """The compiled kernel for CUDA tensors, the interpreted one for CPU tensors (decided per call, not
+    at import, so one process can run both)."""
+    if device.type == "cuda":
+        return _COMPILED[name]
+    if name not in _INTERPRETED:
+        from triton.runtime.interpreter import InterpretedFunction
+
+        _INTERPRETED[name] = InterpretedFunction(_RAW[name])
+    return _INTERPRETED[name]
+
+
+class ScanConfig:
+    """Launch shapes. chunk: steps per forward program; sub: steps per backward tile (divides chunk);
+    block_d / warps: channels and warps per forward program (block_d = 32 * warps keeps each channel's
+    states in one thread); bwd_block_d / bwd_warps: the same for the backward tile kernel."""
+
+    def __init__(self, chunk=DEFAULT_CHUNK, sub=DEFAULT_SUB, block_d=DEFAULT_BLOCK_D, warps=DEFAULT_WARPS,
+                 bwd_block_d=DEFAULT_BWD_BLOCK_D, bwd_warps=DEFAULT_BWD_WARPS, carry_block=DEFAULT_CARRY_BLOCK):
+        if chunk % sub:
+            raise ValueError(f"chunk {chunk} must be a multiple of sub {sub}")
+        for name, v in (("sub", sub), ("block_d", block_d), ("bwd_block_d", bwd_block_d),
+                        ("carry_block", carry_block)):
+            if v & (v - 1):
+                raise ValueError(f"{name} must be a power of two, got {v}")
+        self.chunk, self.sub, self.block_d, self.warps = chunk, sub, block_d, warps
+        self.bwd_block_d, self.bwd_warps, self.carry_block = bwd_block_d, bwd_warps, carry_block
+
+    def __repr__(self):
+        return (f"ScanConfig(chunk={self.chunk}, sub={self.sub}, block_d={self.block_d}, warps={self.warps}, "
+                f"bwd_block_d={self.bwd_block_d}, bwd_warps={self.bwd_warps})")
+
+
+def _flags(D, G, block_d):
+    return dict(ONE_GROUP=(G == 1) or ((D // G) % block_d == 0))
+
+
+def _empty(*shape, dtype, device):
+    return torch.empty(*shape, dtype=dtype, device=device)
+
+
+def _empty_like(t):
+    return torch.empty_like(t)
+
+
+def _carry(P, e, init, reverse, cfg):
+    """Run the chunk carry over (batch, nchunks, N*D) slabs; returns (per-chunk values, last value)."""
+    batch, nchunks = P.shape[:2]
+    DN = P[0, 0].numel()
+    out = _empty_like(P)
+    last = _empty(batch, *P.shape[2:], dtype=P.dtype, device=P.device)
+    grid = (triton.cdiv(DN, cfg.carry_block), batch)
+    _kernel("_carry_kernel", P.device)[grid](
+        P, e, init if init is not None else P, out, last, nchunks, DN,
+        BLOCK=cfg.carry_block, HAS_INIT=init is not None, REVERSE=reverse, num_warps=4)
+    return out, last
+
+
+def _seq_index(cu_seqlens, seqlen, device):
+    """(seqlen,) int32: which packed sequence each step belongs to."""
+    cu = cu_seqlens.to(device=device, dtype=torch.int64)
+    steps = torch.arange(seqlen, device=device)
+    return (torch.searchsorted(cu[1:], steps, right=True)).to(torch.int32)
+
+
+def scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, seq_idx, nseq, cfg: ScanConfig):
+    """Launch the forward. Returns out (batch, L, dim) in u's dtype, final state (batch|nseq, dim, N) fp32,
+    and the chunk-start states (batch, nchunks, N, dim) fp32 with the chunk decays, kept for backward."""
+    batch, L, dim = u.shape
+    G, N = B.shape[2], B.shape[3]
+    NP = triton.next_power_of_2(N)
+    packed = seq_idx is not None
+    nchunks = triton.cdiv(L, cfg.chunk)
+    dev = u.device
+    At = A.t().contiguous()  # (N, dim): the kernels read A along channels, like every other operand
+    hend = _empty(batch, nchunks, N, dim, dtype=torch.float32, device=dev)
+    P = _empty_like(hend)
+    grid = (nchunks, triton.cdiv(dim, cfg.block_d), batch)
+    common = dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), PACKED=packed,
+                  HAS_H0=h0 is not None, **_flags(dim, G, cfg.block_d))
+    dummy = u
+    _kernel("_chunk_end_kernel", dev)[grid](
+        u, delta, At, B, delta_bias if delta_bias is not None else dummy, seq_idx if packed else dummy,
+        h0 if h0 is not None else dummy, hend, P, L, dim, G, nchunks, 1,
+        N=N, CHUNK=cfg.chunk, BD=cfg.block_d, NP=NP, num_warps=cfg.warps, **common)
+    # The carry works on (N, D)-ordered slabs; the contract's initial state is (D, N).
+    init = None if (packed or h0 is None) else h0.transpose(1, 2).contiguous()
+    hstart, last = _carry(P, hend, init, False, cfg)
+    out = _empty_like(u)
+    if packed:
+        final = torch.zeros(nseq, dim, N, dtype=torch.float32, device=dev)
+    else:
+        final = last.transpose(1, 2).contiguous()
+    _kernel("_chunk_out_kernel", dev)[grid](
+        u, delta, At, B, C, D if D is not None else dummy, z if z is not None else dummy,
+        delta_bias if delta_bias is not None else dummy, seq_idx if packed else dummy,
+        h0 if h0 is not None else dummy, hstart, out, final, L, dim, G, nchunks, 1,
+        N=N, CHUNK=cfg.chunk, BD=cfg.block_d, NP=NP, HAS_D=D is not None, HAS_Z=z is not None,
+        num_warps=cfg.warps, **common)
+    return out, final, hstart, P
+
+
+def scan_bwd(gout, gfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, seq_idx, hstart, P,
+             cfg: ScanConfig):
+    """Launch the backward. Returns gradients for u, delta, A, B, C, D, z, delta_bias, h0 (None where absent)."""
+    batch, L, dim = u.shape
+    G, N = B.shape[2], B.shape[3]
+    NP = triton.next_power_of_2(N)
+    packed = seq_idx is not None
+    nchunks = hstart.shape[1]
+    nsub = triton.cdiv(L, cfg.sub)
+    dev = u.device
+    dummy = u
+    At = A.t().contiguous()  # (N, dim)
+    gout = gout.contiguous()
+    hsub = _empty(batch, nsub, N, dim, dtype=torch.float32, device=dev)
+    local = _empty_like(hstart)
+    common = dict(HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
+                  PACKED=packed, HAS_H0=h0 is not None, HAS_GFIN=gfinal is not None and packed)
+    grid = (nchunks, triton.cdiv(dim, cfg.block_d), batch)
+    _kernel("_bwd_chunk_kernel", dev)[grid](
+        u, delta, At, B, C, z if z is not None else dummy, delta_bias if delta_bias is not None else dummy, gout,
+        seq_idx if packed else dummy, h0 if h0 is not None else dummy, gfinal if gfinal is not None else dummy,
+        hstart, hsub, local, L, dim, G, nchunks, 1, nsub,
+        N=N, CHUNK=cfg.chunk, SUB=cfg.sub, BD=cfg.block_d, NP=NP, num_warps=cfg.warps,
+        **common, **_flags(dim, G, cfg.block_d))
+    init = None if (packed or gfinal is None) else gfinal.transpose(1, 2).contiguous()
+    nu, gh_first = _carry(P, local, init, True, cfg)  # nu[c]: adjoint at chunk c's end, from later steps
+    gu = _empty_like(u)
+    gdt = _empty_like(delta)
+    gz = _empty_like(z) if z is not None else None
+    gB = torch.zeros(B.shape, dtype=torch.float32, device=dev)
+    gC = torch.zeros(C.shape, dtype=torch.float32, device=dev)
+    gA = torch.zeros(batch, nchunks, N, dim, dtype=torch.float32, device=dev)
+    gD = _empty(batch, nchunks, dim, dtype=torch.float32, device=dev) if D is not None else None
+    gbias = _empty(batch, nchunks, dim, dtype=torch.float32, device=dev) if delta_bias is not None else None
+    gh0 = torch.zeros_like(h0) if (packed and h0 is not None) else None
+    grid = (nchunks, triton.cdiv(dim, cfg.bwd_block_d), batch)
+    _kernel("_bwd_out_kernel", dev)[grid](
+        u, delta, At, B, C, D if D is not None else dummy, z if z is not None else dummy,
+        delta_bias if delta_bias is not None else dummy, gout, seq_idx if packed else dummy,
+        h0 if h0 is not None else dummy, gfinal if gfinal is not None else dummy, hsub, nu,
+        gu, gdt, gz if gz is not None else dummy, gB, gC, gA, gD if gD is not None else dummy,
+        gbias if gbias is not None else dummy, gh0 if gh0 is not None else dummy,
+        L, dim, G, nchunks, nsub,
+        N=N, CHUNK=cfg.chunk, SUB=cfg.sub, BD=cfg.bwd_block_d, HAS_D=D is not None, num_warps=cfg.bwd_warps,
+        **common, **_flags(dim, G, cfg.bwd_block_d))
+    gA = gA.sum((0, 1)).t()
+    gD = gD.sum((0, 1)) if gD is not None else None
+    gbias = gbias.sum((0, 1)) if gbias is not None else None
+    if h0 is not None and not packed:
+        gh0 = gh_first.transpose(1, 2).contiguous()
+    return gu, gdt, gA, gB.to(B.dtype), gC.to(C.dtype), gD, gz, gbias, gh0
+
+
+class SelectiveScanFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus, seq_idx, nseq, cfg):
+        out, final, hstart, P = scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, seq_idx, nseq,
+                                         cfg)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, h0, seq_idx, hstart, P)
+        ctx.delta_softplus = delta_softplus
+        ctx.cfg = cfg
+        return out, final
+
+    @staticmethod
+    def backward(ctx, gout, gfinal):
+        u, delta, A, B, C, D, z, delta_bias, h0, seq_idx, hstart, P = ctx.saved_tensors
+        if gout is None:
+            gout = torch.zeros_like(u)
+        grads = scan_bwd(gout, None if gfinal is None else gfinal.float().contiguous(), u, delta, A, B, C, D, z,
+                         delta_bias, ctx.delta_softplus, h0, seq_idx, hstart, P, ctx.cfg)
+        gu, gdt, gA, gB, gC, gD, gz, gbias, gh0 = grads
+        return gu, gdt, gA, gB, gC, gD, gz, gbias, gh0, None, None, None, None
+
+
+def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                          initial_state=None, return_final_state=False, cu_seqlens=None, *,
+                          config: ScanConfig | None = None):
+    """Selective scan in Triton. Same contract as `selective_scan_ref`; computes in fp32 whatever the input dtype.
+
+    u, delta, z: (batch, seqlen, dim); A: (dim, dstate) fp32; B, C: (batch, seqlen, ngroups, dstate)
+    D, delta_bias: (dim,) fp32; initial_state: (batch, dim, dstate), or (nseq, dim, dstate) with cu_seqlens
+    cu_seqlens: (nseq+1,) int offsets of sequences packed in batch 1; the state resets at each boundary.
+    Returns y (batch, seqlen, dim) in u's dtype, or (y, final_state (batch|nseq, dim, dstate) fp32).
+    """
+    cfg = config or ScanConfig()
+    if compute_dtype(u) == torch.float64:
+        raise TypeError("the Triton scan computes in float32; use selective_scan_ref for float64")
+    batch, seqlen, dim = u.shape
+    if B.dim() == 3:
+        B = B.unsqueeze(2)
+    if C.dim() == 3:
+        C = C.unsqueeze(2)
+    if dim % B.shape[2]:
+        raise ValueError(f"dim {dim} is not divisible by ngroups {B.shape[2]}")
+    seq_idx, nseq = None, batch
+    if cu_seqlens is not None:
+        if batch != 1:
+            raise ValueError("cu_seqlens needs batch size 1 (sequences packed along seqlen)")
+        nseq = cu_seqlens.numel() - 1
+        seq_idx = _seq_index(cu_seqlens, seqlen, u.device)
+    if seqlen == 0:
+        y = u.new_zeros(u.shape)
+        fin = (torch.zeros(nseq, dim, A.shape[1], dtype=torch.float32, device=u.device)
+               if initial_state is None else initial_state.float())
+        return (y, fin) if return_final_state else y
+
+    def prep(t, dtype=None):
+        if t is None:
+            return None
+        return (t if dtype is None else t.to(dtype)).contiguous()
+
+    h0 = prep(initial_state, torch.float32)
+    y, final = SelectiveScanFn.apply(prep(u), prep(delta), prep(A, torch.float32), prep(B), prep(C),
+                                     prep(D, torch.float32), prep(z), prep(delta_bias, torch.float32), h0,
+                                     bool(delta_softplus), seq_idx, nseq, cfg)
+    if cu_seqlens is not None and initial_state is not None:
+        # an empty packed sequence never reaches a start step: its final state is its initial state
+        cu = cu_seqlens.to(u.device)
+        final = torch.where((cu[1:] == cu[:-1])[:, None, None], initial_state.float(), final)
+    return (y, final) if return_final_state else y

@@ -1,0 +1,80 @@
+"""GPU checks of the compiled kernels at the launch shapes used in practice; skipped without CUDA."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dnamamba_kernels import selective_scan, selective_scan_ref
+
+from kernel_inputs import as64, make_inputs, run_scan
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+TOL = {torch.float32: dict(rtol=6e-4, atol=2e-3), torch.bfloat16: dict(rtol=3e-2, atol=5e-2)}
+
+
+@pytest.mark.parametrize("batch,seqlen,dim,ngroups,dtype", [(2, 2049, 96, 2, torch.float32),
+                                                             (1, 2048, 200, 1, torch.bfloat16),
+                                                             (2, 1100, 64, 1, torch.float16)])
+def test_gpu_matches_reference(batch, seqlen, dim, ngroups, dtype):
+    tensors = make_inputs(batch, seqlen, dim, 16, ngroups, dtype=dtype, seed=seqlen, device="cuda")
+    gy = torch.randn(batch, seqlen, dim, device="cuda")
+    gf = torch.randn(batch, dim, 16, device="cuda")
+    y, f, g = run_scan(selective_scan, tensors, grad_out=gy, grad_final=gf)
+    y_r, f_r, g_r = run_scan(selective_scan_ref, as64(tensors), grad_out=gy.double(), grad_final=gf.double())
+    tol = TOL[torch.float32 if dtype == torch.float16 else dtype]
+    torch.testing.assert_close(y.double(), y_r, **tol)
+    torch.testing.assert_close(f.double(), f_r, **tol)
+    for k in g:
+        torch.testing.assert_close(g[k].double(), g_r[k], **tol, msg=lambda m, k=k: f"grad {k}: {m}")
+
+
+def test_gpu_packed_matches_reference():
+    cu = torch.tensor([0, 700, 701, 2500, 3000], device="cuda", dtype=torch.int32)
+    tensors = make_inputs(1, 3000, 64, 16, 1, seed=7, device="cuda")
+    tensors[8] = torch.randn(4, 64, 16, device="cuda")
+    gy = torch.randn(1, 3000, 64, device="cuda")
+    gf = torch.randn(4, 64, 16, device="cuda")
+    y, f, g = run_scan(selective_scan, tensors, grad_out=gy, grad_final=gf, cu_seqlens=cu)
+    y_r, f_r, g_r = run_scan(selective_scan_ref, as64(tensors), grad_out=gy.double(), grad_final=gf.double(),
+                             cu_seqlens=cu)
+    torch.testing.assert_close(y.double(), y_r, **TOL[torch.float32])
+    torch.testing.assert_close(f.double(), f_r, **TOL[torch.float32])
+    for k in g:
+        torch.testing.assert_close(g[k].double(), g_r[k], **TOL[torch.float32], msg=lambda m, k=k: f"grad {k}: {m}")
+
+
+def test_int64_offsets_past_2_31_elements():
+    """B=1, L=2^21, D=1536: 3.2e9 elements per (batch, seqlen, dim) tensor. The decay is strong (every
+    step multiplies the state by at most exp(-1)), so outputs and gradients inside a window depend only
+    on that window: windows at the start, across element 2^31 and at the end are checked against the
+    float64 reference run on the window alone, which needs no large offsets."""
+    L, D, N = 2 ** 21, 1536, 16
+    dev = "cuda"
+    g = torch.Generator(device=dev).manual_seed(0)
+    u = torch.randn(1, L, D, device=dev, generator=g, dtype=torch.bfloat16)
+    delta = (torch.rand(1, L, D, device=dev, generator=g) + 1.0).to(torch.bfloat16)  # softplus(>=1) > 1.3
+    A = -(torch.rand(D, N, device=dev, generator=g) + 1.0)
+    B = torch.randn(1, L, 1, N, device=dev, generator=g, dtype=torch.bfloat16)
+    C = torch.randn(1, L, 1, N, device=dev, generator=g, dtype=torch.bfloat16)
+    z = torch.randn(1, L, D, device=dev, generator=g, dtype=torch.bfloat16)
+    Dv = torch.randn(D, device=dev, generator=g)
+    leaves = [t.requires_grad_() for t in (u, delta, B, C, z)]
+    y, final = selective_scan(u, delta, A, B, C, D=Dv, z=z, delta_softplus=True, return_final_state=True)
+    gy = torch.randn(1, L, D, device=dev, generator=g, dtype=torch.bfloat16)
+    y.backward(gy)
+    assert torch.isfinite(y).all()
+    W, burn = 256, 64
+    cross = (2 ** 31) // D  # the step whose first element sits at offset 2^31
+    for s in (0, cross - W // 2, L - W):
+        sl = slice(s, s + W)
+        win = [t.detach()[:, sl].double().requires_grad_() for t in (u, delta, B, C, z)]
+        y_r, f_r = selective_scan_ref(win[0], win[1], A.double(), win[2], win[3], D=Dv.double(), z=win[4],
+                                      delta_softplus=True, return_final_state=True)
+        y_r.backward(gy[:, sl].double())
+        keep = slice(burn, W - burn)
+        torch.testing.assert_close(y[:, sl][:, burn:].double(), y_r[:, burn:], rtol=3e-2, atol=5e-2)
+        for leaf, w in zip(leaves, win):
+            torch.testing.assert_close(leaf.grad[:, sl][:, keep].double(), w.grad[:, keep], rtol=3e-2, atol=5e-2)
+        if s == L - W:
+            torch.testing.assert_close(final.double(), f_r, rtol=6e-4, atol=2e-3)

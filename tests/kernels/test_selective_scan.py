@@ -1,0 +1,160 @@
+"""The Triton selective scan against the float64 reference, run on CPU under TRITON_INTERPRET=1.
+
+Small launch shapes (chunk 16, backward tiles of 4 steps, 8 channels a program) let tiny inputs
+cross every boundary the GPU shapes have: chunk edges (15, 16, 17), tile edges, several chunks (33,
+70), several channel blocks with an odd dim, and channel blocks that straddle B/C groups.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import dnamamba_kernels
+from dnamamba_kernels import ScanConfig, selective_scan, selective_scan_ref, selective_scan_triton
+
+from kernel_inputs import as64, make_inputs, run_scan
+
+SMALL = ScanConfig(chunk=16, sub=4, block_d=8, warps=1, bwd_block_d=8, bwd_warps=1, carry_block=64)
+TOL = {torch.float32: dict(rtol=6e-4, atol=2e-3), torch.bfloat16: dict(rtol=3e-2, atol=5e-2)}
+OPTS = ("use_D", "use_z", "use_bias", "softplus", "use_h0")
+
+
+def triton_small(*args, **kw):
+    return selective_scan_triton(*args, config=SMALL, **kw)
+
+
+def compare(tensors, dtype, opts, grad_final=True, cu_seqlens=None):
+    y_ref, f_ref, g_ref = None, None, None
+    gy = torch.randn(tensors[0].shape, generator=torch.Generator().manual_seed(1))
+    nstate = tensors[8].shape
+    gf = torch.randn(nstate, generator=torch.Generator().manual_seed(2)) if grad_final else None
+    y, f, g = run_scan(triton_small, tensors, grad_out=gy, grad_final=gf, cu_seqlens=cu_seqlens, **opts)
+    y_ref, f_ref, g_ref = run_scan(selective_scan_ref, as64(tensors), grad_out=gy.double(),
+                                   grad_final=None if gf is None else gf.double(), cu_seqlens=cu_seqlens, **opts)
+    tol = TOL[dtype]
+    assert y.dtype == dtype and f.dtype == torch.float32
+    torch.testing.assert_close(y.double(), y_ref.double(), **tol)
+    torch.testing.assert_close(f.double(), f_ref, **tol)
+    assert g.keys() == g_ref.keys()
+    for k in g:
+        assert g[k].dtype == tensors[["u", "delta", "A", "B", "C", "D", "z", "delta_bias",
+                                      "initial_state"].index(k)].dtype, k
+        torch.testing.assert_close(g[k].double(), g_ref[k], **tol, msg=lambda m, k=k: f"grad {k}: {m}")
+
+
+CASES = [
+    # batch, seqlen, dim, dstate, ngroups, dtype, options off
+    (1, 1, 5, 3, 1, torch.float32, ()),
+    (2, 7, 5, 4, 1, torch.float32, ("use_D", "use_z", "use_bias", "softplus", "use_h0")),
+    (1, 15, 6, 4, 2, torch.float32, ()),
+    (2, 16, 5, 3, 1, torch.bfloat16, ()),
+    (1, 17, 6, 4, 2, torch.float32, ("use_D", "use_bias")),
+    (2, 33, 9, 4, 3, torch.float32, ("use_z", "softplus")),
+    (2, 70, 6, 3, 2, torch.bfloat16, ("use_h0",)),
+]
+
+
+@pytest.mark.parametrize("batch,seqlen,dim,dstate,ngroups,dtype,off", CASES)
+def test_matches_reference_forward_and_all_gradients(interpret, batch, seqlen, dim, dstate, ngroups, dtype, off):
+    tensors = make_inputs(batch, seqlen, dim, dstate, ngroups, dtype=dtype, seed=seqlen)
+    compare(tensors, dtype, {k: k not in off for k in OPTS})
+
+
+def test_every_output_element_is_written(interpret, monkeypatch):
+    """Outputs and scratch start as NaN: any element the kernels skip would surface."""
+    import dnamamba_kernels.triton_scan as impl
+
+    monkeypatch.setattr(impl, "_empty", lambda *s, dtype, device: torch.full(s, float("nan"), dtype=dtype,
+                                                                              device=device))
+    monkeypatch.setattr(impl, "_empty_like", lambda t: torch.full_like(t, float("nan")))
+    tensors = make_inputs(2, 37, 9, 4, 1, seed=5)
+    compare(tensors, torch.float32, {k: True for k in OPTS})
+
+
+def test_split_with_state_equals_unsplit(interpret):
+    """Scanning [0, 23) then [23, 40) with the carried state gives the unsplit outputs, final state and gradients."""
+    batch, seqlen, dim, dstate, cut = 2, 40, 6, 4, 23
+    tensors = make_inputs(batch, seqlen, dim, dstate, 2, seed=11)
+    gy = torch.randn(batch, seqlen, dim)
+    gf = torch.randn(batch, dim, dstate)
+
+    def split_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, initial_state=None,
+                   return_final_state=True, cu_seqlens=None):
+        kw = dict(D=D, delta_bias=delta_bias, delta_softplus=delta_softplus, return_final_state=True)
+        y1, h1 = triton_small(u[:, :cut], delta[:, :cut], A, B[:, :cut], C[:, :cut], z=z[:, :cut],
+                              initial_state=initial_state, **kw)
+        y2, h2 = triton_small(u[:, cut:], delta[:, cut:], A, B[:, cut:], C[:, cut:], z=z[:, cut:],
+                              initial_state=h1, **kw)
+        return torch.cat([y1, y2], dim=1), h2
+
+    y, f, g = run_scan(triton_small, tensors, grad_out=gy, grad_final=gf)
+    y_s, f_s, g_s = run_scan(split_scan, tensors, grad_out=gy, grad_final=gf)
+    tol = dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y_s, y, **tol)
+    torch.testing.assert_close(f_s, f, **tol)
+    for k in g:
+        torch.testing.assert_close(g_s[k], g[k], **tol, msg=lambda m, k=k: f"grad {k}: {m}")
+
+
+def test_packed_equals_separate_calls(interpret):
+    """cu_seqlens resets the state at each boundary: the same as scanning each sequence alone."""
+    cu = torch.tensor([0, 5, 6, 23, 41], dtype=torch.int32)  # a 1-step sequence; boundaries inside chunks
+    nseq, seqlen, dim, dstate = 4, 41, 6, 3
+    tensors = make_inputs(1, seqlen, dim, dstate, 2, seed=21)
+    tensors[8] = torch.randn(nseq, dim, dstate)
+    gy = torch.randn(1, seqlen, dim)
+    gf = torch.randn(nseq, dim, dstate)
+
+    def separate(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, initial_state=None,
+                 return_final_state=True, cu_seqlens=None):
+        ys, fs = [], []
+        for i in range(nseq):
+            s, e = int(cu[i]), int(cu[i + 1])
+            y, f = triton_small(u[:, s:e], delta[:, s:e], A, B[:, s:e], C[:, s:e], D=D, z=z[:, s:e],
+                                delta_bias=delta_bias, delta_softplus=delta_softplus,
+                                initial_state=initial_state[i:i + 1], return_final_state=True)
+            ys.append(y)
+            fs.append(f)
+        return torch.cat(ys, dim=1), torch.cat(fs)
+
+    y, f, g = run_scan(triton_small, tensors, grad_out=gy, grad_final=gf, cu_seqlens=cu)
+    y_s, f_s, g_s = run_scan(separate, tensors, grad_out=gy, grad_final=gf)
+    tol = dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y, y_s, **tol)
+    torch.testing.assert_close(f, f_s, **tol)
+    for k in g:
+        torch.testing.assert_close(g[k], g_s[k], **tol, msg=lambda m, k=k: f"grad {k}: {m}")
+
+
+def test_packed_matches_reference_without_initial_state_and_with_empty_sequence(interpret):
+    cu = torch.tensor([0, 9, 9, 20], dtype=torch.int64)
+    tensors = make_inputs(1, 20, 5, 4, 1, seed=31)
+    tensors[8] = torch.randn(3, 5, 4)
+    compare(tensors, torch.float32, {k: k != "use_h0" for k in OPTS}, cu_seqlens=cu)
+    compare(tensors, torch.float32, {k: True for k in OPTS}, cu_seqlens=cu)
+
+
+def test_no_overflow_for_large_delta_and_long_decay(interpret):
+    """delta up to 20 and beyond after softplus (decays of exp(-320) underflow to 0), and long runs of
+    decay near 1 (delta tiny): finite, and equal to the reference."""
+    tensors = make_inputs(1, 48, 6, 4, 1, seed=41)
+    big = torch.linspace(-2.0, 25.0, 48)[None, :, None].expand(1, 48, 6).contiguous()
+    tensors[1] = big
+    tensors[2] = tensors[2] * 8.0  # A down to about -16
+    compare(tensors, torch.float32, {k: True for k in OPTS})
+    tensors[1] = torch.full((1, 48, 6), -12.0)  # softplus(-12) ~ 6e-6: decay ~1 for the whole run
+    compare(tensors, torch.float32, {k: True for k in OPTS})
+
+
+def test_dispatch(monkeypatch):
+    """CPU tensors go to the chunked PyTorch scan unless TRITON_INTERPRET=1; then to the Triton kernels."""
+    calls = []
+    monkeypatch.setattr(dnamamba_kernels, "selective_scan_chunked", lambda *a, **k: calls.append("chunked"))
+    monkeypatch.setattr(dnamamba_kernels, "selective_scan_triton", lambda *a, **k: calls.append("triton"))
+    u, delta, A, B, C = make_inputs(1, 4, 2, 2)[:5]
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    selective_scan(u, delta, A, B, C)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    selective_scan(u, delta, A, B, C)
+    selective_scan(u.double(), delta.double(), A.double(), B.double(), C.double())
+    assert calls == ["chunked", "triton", "chunked"]

@@ -30,7 +30,7 @@ from ..data.fasta import FastaFile
 from ..errors import InputError
 from ..io import atomic_path
 from ..model import LayerState, MambaLM, load_export
-from .runtime import SETTINGS, autocast, check_choice, note, progress_bar, resolve_device
+from .runtime import SETTINGS, autocast, check_choice, check_writable, note, progress_bar, resolve_device
 
 POOLINGS = ("mean", "none")
 SOFT_MASK_MODES = ("keep", "upper")
@@ -189,8 +189,7 @@ def embed_fasta(cfg: EmbedConfig) -> dict:
     ext = output_extension(cfg.out)
     tsv = table_path(cfg.out)
     for path in (cfg.out, tsv):
-        if os.path.isdir(path):
-            raise InputError(path, "output path is a directory")
+        check_writable(path)
     device = resolve_device(cfg.device)
     model = load_export(cfg.model, device)
     _check_layer(model, cfg.layer)
@@ -228,7 +227,8 @@ def embed_fasta(cfg: EmbedConfig) -> dict:
                             result[k, :len(emb)] = emb
             _write_array(tmp, ext, result, cfg)
             del result  # closes the memory map before the file is renamed into place
-    note(f"embedded {len(items)} {'intervals' if cfg.bed else 'records'} ({n_tokens:,} bases"
+    kind = ("interval" if cfg.bed else "record") + ("" if len(items) == 1 else "s")
+    note(f"embedded {len(items)} {kind} ({n_tokens:,} bases"
          f"{' over both strands' if cfg.rc_average else ''}) -> {cfg.out} and {tsv}")
     return {"items": len(items), "d_model": d, "bases": n_tokens, "out": cfg.out, "table": tsv,
             "wall_time_s": round(time.time() - t0, 3)}

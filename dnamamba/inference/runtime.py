@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import sys
 from typing import Any, TypeVar
 
@@ -84,6 +85,19 @@ def progress_bar(enabled: bool, unit: str) -> Progress:
         MofNCompleteColumn(), TextColumn(unit), TimeElapsedColumn(), TimeRemainingColumn(),
         console=console, disable=not (enabled and console.is_terminal),
     )
+
+
+def check_writable(path: str) -> None:
+    """Fail before any work when the output's folder cannot be created or written."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise InputError(path, "output path is a directory")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise InputError(path, f"cannot create the output folder ({e.strerror})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(path, "the output folder is not writable")
 
 
 def note(message: str) -> None:

@@ -45,7 +45,7 @@ from ..data.fasta import FastaFile
 from ..errors import InputError, require_file
 from ..io import atomic_path
 from ..model import MambaLM, load_export
-from .runtime import SETTINGS, autocast, check_choice, note, progress_bar, resolve_device
+from .runtime import SETTINGS, autocast, check_choice, check_writable, note, progress_bar, resolve_device
 
 # Why an allele was not scored: the status written to TSV output, and its words in the summary.
 SKIP_REASONS = {
@@ -360,8 +360,7 @@ def score_vcf(cfg: ScoreVariantsConfig) -> dict:
     require_file(cfg.vcf, "VCF file")
     require_file(cfg.fasta, "FASTA file")
     kind = output_kind(cfg.out)
-    if os.path.isdir(cfg.out):
-        raise InputError(cfg.out, "output path is a directory")
+    check_writable(cfg.out)
     device = resolve_device(cfg.device)
     model = load_export(cfg.model, device)
     verbosity = pysam.set_verbosity(0)  # htslib's warnings would break the one-line error contract

@@ -29,13 +29,14 @@ def run(cfg: DictConfig) -> dict:
     export = pre["export_dir"]
     console.rule("2/3 embed BED windows")
     emb_out = os.path.join(run_dir, "embeddings.npy")
-    emb = embed.run(compose("embed", overrides=[f"model={export}", f"fasta={demo_file('lambda_phage.fa.gz')}",
-                                                 f"bed={demo_file('lambda_demo.bed')}", f"out={emb_out}"]))
+    # embed and score-variants take their settings as plain dicts here: composing them inside this
+    # Hydra run would read `model=` as a choice of the pretraining `model/` group.
+    emb = embed.run({"model": export, "fasta": demo_file("lambda_phage.fa.gz"),
+                     "bed": demo_file("lambda_demo.bed"), "out": emb_out})
     console.rule("3/3 score variants")
     vcf_out = os.path.join(run_dir, "variants.scored.vcf")
-    score = score_variants.run(compose("score_variants", overrides=[
-        f"model={export}", f"fasta={demo_file('lambda_phage.fa.gz')}", f"vcf={demo_file('lambda_demo.vcf')}",
-        f"out={vcf_out}"]))
+    score = score_variants.run({"model": export, "fasta": demo_file("lambda_phage.fa.gz"),
+                                "vcf": demo_file("lambda_demo.vcf"), "out": vcf_out})
     console.rule("demo summary")
     for row in pre["val_history"]:
         console.print(f"epoch {row['epoch']:>3}  step {row['step']:>5}  val bits/base {row['val_bits_per_base']:.4f}")

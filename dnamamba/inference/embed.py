@@ -30,7 +30,8 @@ from ..data.fasta import FastaFile
 from ..errors import InputError
 from ..io import atomic_path
 from ..model import LayerState, MambaLM, load_export
-from .runtime import SETTINGS, autocast, check_choice, check_writable, note, progress_bar, resolve_device
+from .runtime import (SETTINGS, autocast, check_choice, check_writable, note, progress_bar, resolve_device,
+                      write_errors)
 
 POOLINGS = ("mean", "none")
 SOFT_MASK_MODES = ("keep", "upper")
@@ -198,7 +199,7 @@ def embed_fasta(cfg: EmbedConfig) -> dict:
         d = model.cfg.d_model
         n_tokens = sum(it.length for it in items) * (2 if cfg.rc_average else 1)
         order = sorted(range(len(items)), key=lambda k: -items[k].length)  # similar lengths share a batch
-        with atomic_path(cfg.out) as tmp, atomic_path(tsv) as tmp_tsv:
+        with write_errors(cfg.out), atomic_path(cfg.out) as tmp, atomic_path(tsv) as tmp_tsv:
             _write_table(tmp_tsv, items)
             if cfg.pooling == "mean":
                 result = np.zeros((len(items), d), dtype=np.float32)  # (n_items, d)

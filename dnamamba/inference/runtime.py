@@ -88,16 +88,25 @@ def progress_bar(enabled: bool, unit: str) -> Progress:
 
 
 def check_writable(path: str) -> None:
-    """Fail before any work when the output's folder cannot be created or written."""
-    folder = os.path.dirname(os.path.abspath(path))
+    """Fail before any work when the output could not be written; creates nothing."""
     if os.path.isdir(path):
         raise InputError(path, "output path is a directory")
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as e:
-        raise InputError(path, f"cannot create the output folder ({e.strerror})") from None
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(folder):  # missing folders are created at write time, under this one
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise InputError(path, f"cannot create the output folder: {folder} is a file")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise InputError(path, "the output folder is not writable")
+        raise InputError(path, f"the output folder {folder} is not writable")
+
+
+@contextlib.contextmanager
+def write_errors(path: str):
+    """An OSError while the output is written (folder vanished, disk full, no permission) becomes one line."""
+    try:
+        yield
+    except OSError as e:
+        raise InputError(path, f"cannot write the output: {e.strerror or e}") from None
 
 
 def note(message: str) -> None:

@@ -45,7 +45,8 @@ from ..data.fasta import FastaFile
 from ..errors import InputError, require_file
 from ..io import atomic_path
 from ..model import MambaLM, load_export
-from .runtime import SETTINGS, autocast, check_choice, check_writable, note, progress_bar, resolve_device
+from .runtime import (SETTINGS, autocast, check_choice, check_writable, note, progress_bar, resolve_device,
+                      write_errors)
 
 # Why an allele was not scored: the status written to TSV output, and its words in the summary.
 SKIP_REASONS = {
@@ -266,9 +267,23 @@ def _short(text: str, limit: int = 24) -> str:
 
 
 class _VcfWriter:
-    def __init__(self, path: str, mode: str, header: pysam.VariantHeader, field: str, description: str,
-                 meta: str, source: str):
-        hdr = header.copy()
+    """Writes the records of `vcf` (not yet read) with the score added, through pysam.
+
+    Every line the output header needs is added to the reading header before its first record is
+    parsed, and the output is opened on that same header, so records are written as read, with no
+    translation between headers: htslib flags a record parsed against a header that lacks its contig
+    or tags, and ends the process when such a record is translated.
+    """
+
+    def __init__(self, path: str, mode: str, vcf: pysam.VariantFile, complete: pysam.VariantHeader, field: str,
+                 description: str, meta: str, source: str):
+        hdr = vcf.header
+        missing = [complete.contigs[c].header_record for c in complete.contigs if c not in hdr.contigs]
+        for declared, wanted in ((hdr.info, complete.info), (hdr.formats, complete.formats),
+                                 (hdr.filters, complete.filters)):
+            missing += [wanted[name].record for name in wanted if name not in declared]
+        for record in missing:
+            hdr.add_line(str(record).strip())
         if field in hdr.info:
             old = hdr.info[field]
             if old.number != "A" or old.type != "Float":
@@ -276,7 +291,7 @@ class _VcfWriter:
                                          f"choose another info_field")
         else:
             hdr.info.add(field, "A", "Float", description)
-        # pysam writes END for records with symbolic alleles; declare it so the output stays valid VCF.
+        # pysam sets END on records with symbolic alleles; declaring it keeps the output valid VCF.
         if "END" not in hdr.info:
             hdr.info.add("END", 1, "Integer", "Stop position of the interval")
         hdr.add_meta("dnamamba_score_variants", value=meta)
@@ -285,7 +300,6 @@ class _VcfWriter:
 
     def write(self, plan: _Plan, scores: list[float | None]) -> None:
         rec = plan.record
-        rec.translate(self.file.header)
         if any(s is not None for s in scores) and rec.alts:
             rec.info[self.field] = tuple(scores)
         elif self.field in rec.info:
@@ -365,25 +379,34 @@ def score_vcf(cfg: ScoreVariantsConfig) -> dict:
     model = load_export(cfg.model, device)
     verbosity = pysam.set_verbosity(0)  # htslib's warnings would break the one-line error contract
     try:
+        header, n_records = _prescan(cfg.vcf)
         with FastaFile(cfg.fasta, cache_dir=cfg.cache_dir) as fasta, _open_vcf(cfg.vcf) as vcf:
-            records = _records(vcf, cfg.vcf)
-            first = next(records, None)
-            if first is None:
-                raise InputError(cfg.vcf, "no variant records (the VCF has a header only)")
-            summary = _score_records(cfg, kind, model, device, fasta, vcf.header, _chain(first, records))
+            with write_errors(cfg.out):
+                summary = _score_records(cfg, kind, model, device, fasta, vcf, header, n_records)
     finally:
         pysam.set_verbosity(verbosity)
     summary["wall_time_s"] = round(time.time() - t0, 3)
     return summary
 
 
-def _chain(first, rest):
-    yield first
-    yield from rest
+def _prescan(path: str) -> tuple[pysam.VariantHeader, int]:
+    """Read the VCF once without scoring: the record count, and the header completed with what htslib
+    adds while parsing (contigs, INFO and FORMAT tags the header never declared).
+
+    The output header is written before the first record, and htslib ends the process (not an
+    exception) when a record is translated to a header that lacks one of its tags; so the output
+    header is built from this completed one.
+    """
+    with _open_vcf(path) as vcf:
+        n_records = sum(1 for _ in _records(vcf, path))
+        header = vcf.header.copy()
+    if n_records == 0:
+        raise InputError(path, "no variant records (the VCF has a header only)")
+    return header, n_records
 
 
 def _score_records(cfg: ScoreVariantsConfig, kind: str, model: MambaLM, device: torch.device,
-                   fasta: FastaFile, header: pysam.VariantHeader, records: Iterable) -> dict:
+                   fasta: FastaFile, vcf: pysam.VariantFile, header: pysam.VariantHeader, total: int) -> dict:
     description = (f"dnamamba zero-shot log-likelihood ratio log P(ALT window) - log P(REF window); "
                    f"model {os.path.abspath(cfg.model)}, window {cfg.window} bp"
                    f"{', averaged over both strands' if cfg.rc_average else ''}").replace('"', "'")
@@ -394,11 +417,11 @@ def _score_records(cfg: ScoreVariantsConfig, kind: str, model: MambaLM, device: 
     scored: list[float] = []
     with atomic_path(cfg.out) as tmp:
         writer = _TsvWriter(tmp) if kind == "tsv" else \
-            _VcfWriter(tmp, kind, header, cfg.info_field, description, meta, cfg.vcf)
+            _VcfWriter(tmp, kind, vcf, header, cfg.info_field, description, meta, cfg.vcf)
         try:
             with progress_bar(cfg.progress, "records") as progress:
-                task = progress.add_task("scoring", total=None)
-                for block in _blocks(records, cfg.block_records):
+                task = progress.add_task("scoring", total=total)
+                for block in _blocks(_records(vcf, cfg.vcf), cfg.block_records):
                     pairs: list[tuple[Window, Window]] = []
                     plans = [plan_record(rec, fasta, cfg.window, cfg.soft_mask, pairs) for rec in block]
                     if cfg.strict:

@@ -5,7 +5,6 @@ import os
 
 import numpy as np
 import pytest
-import torch
 from inference_helpers import LAMBDA, tiny_model
 from safetensors import safe_open
 
@@ -109,7 +108,7 @@ def test_embed_per_position_npy_and_safetensors_agree(tmp_path, tiny_export, lam
             assert not padded[i, n:].any()  # zero padding after the item's length
 
 
-def test_embed_records_safetensors(tmp_path, tiny_export, tmp_path_factory):
+def test_embed_records_safetensors(tmp_path, tiny_export):
     fasta = tmp_path / "two.fa"
     fasta.write_text(">a\nACGTTGCAACGTAGCTAGCTAGGATCGA\n>b desc\nggggACGTACGTNNNNACGT\n")
     embed_fasta(_cfg(tmp_path, tiny_export, fasta, "rec.safetensors", records=["b", "a"], soft_mask="upper"))

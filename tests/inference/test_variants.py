@@ -271,3 +271,35 @@ def test_chr20_contig_edges(tmp_path, tiny_export, chr20):
     assert [r[2] for r in rows] == ["first", "mid", "last"]
     assert float(rows[0][5]) == 0.0
     assert float(rows[1][5]) != 0.0 and float(rows[2][5]) != 0.0
+
+
+def test_undeclared_contigs_and_tags_are_kept(tmp_path, tiny_export, lambda_path):
+    """htslib adds header lines for a contig, INFO or FORMAT tag a VCF never declared; the output keeps the
+    records, their samples and tags (a translation between headers would end the process instead)."""
+    vcf = tmp_path / "bare.vcf"
+    vcf.write_text("##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\ts1\n"
+                   f"{LAMBDA}\t1000\ta\tA\tG,T\t.\tq10\tDP=3\tGT:AD\t0/1:3,2,0\n"
+                   "chrZ\t5\tb\tA\tG\t.\t.\t.\tGT\t1/1\n")
+    summary = score_vcf(_cfg(tmp_path, tiny_export, lambda_path, vcf, "out.bcf", window=16))
+    assert summary["scored"] == 2 and summary["skipped"] == {"missing_contig": 1}
+    with pysam.VariantFile(str(tmp_path / "out.bcf")) as out:
+        recs = list(out)
+        assert list(out.header.samples) == ["s1"]
+    assert [r.id for r in recs] == ["a", "b"]
+    assert recs[0].samples["s1"]["GT"] == (0, 1) and recs[1].samples["s1"]["GT"] == (1, 1)
+    assert list(recs[0].filter) == ["q10"] and recs[0].info["DP"] == "3"
+    assert len(recs[0].info["DNAMAMBA_LLR"]) == 2 and "DNAMAMBA_LLR" not in recs[1].info
+
+
+def test_existing_info_field_of_another_type_is_an_error(tmp_path, tiny_export, lambda_path):
+    vcf = tmp_path / "taken.vcf"
+    vcf.write_text("##fileformat=VCFv4.2\n##INFO=<ID=DNAMAMBA_LLR,Number=1,Type=String,Description=\"x\">\n"
+                   f"##contig=<ID={LAMBDA},length=48502>\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
+                   f"{LAMBDA}\t1000\ta\tA\tG\t.\t.\tDNAMAMBA_LLR=x\n")
+    with pytest.raises(InputError, match="INFO/DNAMAMBA_LLR already exists"):
+        score_vcf(_cfg(tmp_path, tiny_export, lambda_path, vcf, "out.vcf"))
+    assert sorted(os.listdir(tmp_path)) == ["taken.vcf"]
+    score_vcf(_cfg(tmp_path, tiny_export, lambda_path, vcf, "out.vcf", info_field="LLR2", window=16))
+    with pysam.VariantFile(str(tmp_path / "out.vcf")) as out:
+        rec = next(iter(out))
+    assert rec.info["DNAMAMBA_LLR"] == "x" and len(rec.info["LLR2"]) == 1

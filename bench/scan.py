@@ -113,6 +113,35 @@ def kernel_times(fn, x):
     return dict(sorted(rows.items(), key=lambda kv: -kv[1])[:12])
 
 
+def diag_reverse_scan():
+    """Max error of every gradient against float64, with Triton's reverse=True scan and with flip + forward scan."""
+    from dnamamba_kernels import selective_scan_ref
+
+    g = torch.Generator(device="cuda").manual_seed(3)
+    dim, L = 200, 2048
+    x = dict(u=torch.randn(1, L, dim, device="cuda", generator=g).bfloat16(),
+             delta=(torch.randn(1, L, dim, device="cuda", generator=g) * 0.5).bfloat16(),
+             A=-(torch.rand(dim, 16, device="cuda", generator=g) * 2 + 0.1),
+             B=torch.randn(1, L, 1, 16, device="cuda", generator=g).bfloat16(),
+             C=torch.randn(1, L, 1, 16, device="cuda", generator=g).bfloat16(),
+             D=torch.randn(dim, device="cuda", generator=g), z=torch.randn(1, L, dim, device="cuda", generator=g).bfloat16(),
+             delta_bias=torch.randn(dim, device="cuda", generator=g) * 0.3)
+    gy = torch.randn(1, L, dim, device="cuda", generator=g)
+
+    def grads(fn, dtype=None):
+        leaves = {k: (v if dtype is None else v.to(dtype)).detach().clone().requires_grad_() for k, v in x.items()}
+        y = fn(leaves["u"], leaves["delta"], leaves["A"], leaves["B"], leaves["C"], D=leaves["D"], z=leaves["z"],
+               delta_bias=leaves["delta_bias"], delta_softplus=True)
+        (y.double() * gy.double()).sum().backward()
+        return {k: v.grad.double() for k, v in leaves.items()}
+
+    ref = grads(selective_scan_ref, torch.float64)
+    for native in (True, False):
+        got = grads(lambda *a, **k: selective_scan_triton(*a, config=ScanConfig(native_reverse_scan=native), **k))
+        print(f"native_reverse_scan={native}: max |grad - ref|:",
+              {k: float(f"{(got[k] - ref[k]).abs().max().item():.2e}") for k in ref}, flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--anchors", default="../shared/anchors")
@@ -120,7 +149,10 @@ def main():
     ap.add_argument("--shapes", default=None, help="comma list of batchxL, e.g. 8x4096,1x1048576")
     ap.add_argument("--variants", action="store_true", help="also time launch-shape variants at L=2^20")
     ap.add_argument("--no-mamba", action="store_true")
+    ap.add_argument("--diag", action="store_true", help="compare the two reverse-scan forms against float64 first")
     args = ap.parse_args()
+    if args.diag:
+        diag_reverse_scan()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     shapes = SHAPES if not args.shapes else [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
@@ -181,9 +213,9 @@ def main():
             print("kernel times:", json.dumps(extra["kernel_ms_per_fwdbwd_at_2^20"]), flush=True)
             if args.variants:
                 var = []
-                for kw in (dict(block_d=64, warps=2), dict(chunk=512), dict(chunk=2048),
-                           dict(bwd_block_d=64, bwd_warps=4), dict(bwd_block_d=32, bwd_warps=2),
-                           dict(sub=16, bwd_block_d=64, bwd_warps=4)):
+                for kw in (dict(block_d=64, warps=2), dict(chunk=512), dict(bwd_block_d=32, bwd_warps=4),
+                           dict(bwd_block_d=64, bwd_warps=4), dict(bwd_block_d=16, bwd_warps=1),
+                           dict(native_reverse_scan=True)):
                     c = ScanConfig(**kw)
                     fwd, fb, peak, grads, _ = measure(runner("triton", x, None, c), x, rep=100)
                     var.append(dict(config=repr(c), fwd_ms=round(fwd, 3), fwdbwd_ms=round(fb, 3),
@@ -193,7 +225,7 @@ def main():
                 extra["variants_at_2^20"] = var
         del x
         torch.cuda.empty_cache()
-    (out / "scan_h200.json").write_text(json.dumps({"rows": rows, "extra": extra}, indent=1) + "\n")
+        (out / "scan_h200.json").write_text(json.dumps({"rows": rows, "extra": extra}, indent=1) + "\n")
     from make_table import write_outputs
 
     write_outputs(out / "scan_h200.json")

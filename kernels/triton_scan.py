@@ -45,12 +45,11 @@ from .naive import compute_dtype
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 
-DEFAULT_CHUNK = 1024
 DEFAULT_SUB = 32
 DEFAULT_BLOCK_D = 128
 DEFAULT_WARPS = 4
 DEFAULT_BWD_BLOCK_D = 32
-DEFAULT_BWD_WARPS = 4
+DEFAULT_BWD_WARPS = 2
 DEFAULT_CARRY_BLOCK = 512
 
 
@@ -95,28 +94,47 @@ def _chunk_end_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, seq_ptr, h0_ptr, he
     dpg = D // G
     t0 = pid_c * CHUNK
     t1 = tl.minimum(t0 + CHUNK, L)
-    row = pid_b * L + t0  # int64: the first (batch, t) row of this chunk
-    ud = row * D + d  # (BD,) int64
     if ONE_GROUP:
         bc0 = ((pid_d * BD) // dpg) * N + n  # (NP,)
+        bmask = n < N
     else:
         bc0 = (d[None, :] // dpg) * N + n[:, None]  # (NP, BD)
+        bmask = m2
     h = tl.full((NP, BD), 0.0, tl.float32)
     dt_sum = tl.full((BD,), 0.0, tl.float32)
     keep = tl.full((BD,), 1.0, tl.float32)
+    # Software pipeline two steps deep: the loads for step t + 2 are issued before step t is computed,
+    # so their latency overlaps two steps of exponentials instead of stalling every step. Offsets are
+    # recomputed from t (not carried) so the compiler sees the alignment of B and C: vector loads.
+    last = t1 - 1
+    ud = (pid_b * L + t0) * D + d  # (BD,) int64
+    bc = (pid_b * L + t0) * (G * N) + bc0
+    dt_a = tl.load(dt_ptr + ud, mask=dmask, other=0.0)
+    u_a = tl.load(u_ptr + ud, mask=dmask, other=0.0)
+    B_a = tl.load(B_ptr + bc, mask=bmask, other=0.0)
+    t_b = tl.minimum(t0 + 1, last)
+    ud = (pid_b * L + t_b) * D + d
+    bc = (pid_b * L + t_b) * (G * N) + bc0
+    dt_b = tl.load(dt_ptr + ud, mask=dmask, other=0.0)
+    u_b = tl.load(u_ptr + ud, mask=dmask, other=0.0)
+    B_b = tl.load(B_ptr + bc, mask=bmask, other=0.0)
     for t in range(t0, t1):
-        # recomputed from t (not carried) so the compiler sees 16-element alignment: vector loads of B and C
-        bc = (pid_b * L + t) * (G * N) + bc0
-        dt = tl.load(dt_ptr + ud, mask=dmask, other=0.0).to(tl.float32)
+        t_c = tl.minimum(t + 2, last)
+        ud = (pid_b * L + t_c) * D + d
+        bc = (pid_b * L + t_c) * (G * N) + bc0
+        dt_c = tl.load(dt_ptr + ud, mask=dmask, other=0.0)
+        u_c = tl.load(u_ptr + ud, mask=dmask, other=0.0)
+        B_c = tl.load(B_ptr + bc, mask=bmask, other=0.0)
+        dt = dt_a.to(tl.float32)
         if HAS_BIAS:
             dt += bias
         if SOFTPLUS:
             dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
-        u = tl.load(u_ptr + ud, mask=dmask, other=0.0).to(tl.float32)
+        u = u_a.to(tl.float32)
         if ONE_GROUP:
-            Bt = tl.load(B_ptr + bc, mask=n < N, other=0.0).to(tl.float32)[:, None]
+            Bt = B_a.to(tl.float32)[:, None]
         else:
-            Bt = tl.load(B_ptr + bc, mask=m2, other=0.0).to(tl.float32)
+            Bt = B_a.to(tl.float32)
         if PACKED:
             s = tl.load(seq_ptr + t)
             s_prev = tl.where(t > 0, tl.load(seq_ptr + tl.maximum(t - 1, 0)), -1)
@@ -130,7 +148,12 @@ def _chunk_end_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, seq_ptr, h0_ptr, he
             keep = tl.where(start, 0.0, keep)
         dt_sum += dt
         h = tl.exp2(dt[None, :] * A2) * h + (dt * u)[None, :] * Bt
-        ud += D
+        dt_a = dt_b
+        u_a = u_b
+        B_a = B_b
+        dt_b = dt_c
+        u_b = u_c
+        B_b = B_c
     out = (pid_b * nchunks + pid_c) * N * D + n[:, None] * D + dl[None, :]  # (NP, BD), layout (B, nchunks, N, D)
     tl.store(hend_ptr + out, h, mask=m2)
     tl.store(P_ptr + out, tl.exp2(A2 * dt_sum[None, :]) * keep[None, :], mask=m2)
@@ -182,29 +205,55 @@ def _chunk_out_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
     dpg = D // G
     t0 = pid_c * CHUNK
     t1 = tl.minimum(t0 + CHUNK, L)
-    row = pid_b * L + t0
-    ud = row * D + d
     if ONE_GROUP:
         bc0 = ((pid_d * BD) // dpg) * N + n
+        bmask = nmask
     else:
         bc0 = (d[None, :] // dpg) * N + n[:, None]
+        bmask = m2
     st = (pid_b * nchunks + pid_c) * N * D + n[:, None] * D + dl[None, :]
     h = tl.load(hstart_ptr + st, mask=m2, other=0.0)  # (NP, BD): the true state entering this chunk
+    # the same two-step software pipeline as in _chunk_end_kernel
+    last = t1 - 1
+    ud = (pid_b * L + t0) * D + d
+    bc = (pid_b * L + t0) * (G * N) + bc0
+    dt_a = tl.load(dt_ptr + ud, mask=dmask, other=0.0)
+    u_a = tl.load(u_ptr + ud, mask=dmask, other=0.0)
+    B_a = tl.load(B_ptr + bc, mask=bmask, other=0.0)
+    C_a = tl.load(C_ptr + bc, mask=bmask, other=0.0)
+    if HAS_Z:
+        z_a = tl.load(z_ptr + ud, mask=dmask, other=0.0)
+    t_b = tl.minimum(t0 + 1, last)
+    ud = (pid_b * L + t_b) * D + d
+    bc = (pid_b * L + t_b) * (G * N) + bc0
+    dt_b = tl.load(dt_ptr + ud, mask=dmask, other=0.0)
+    u_b = tl.load(u_ptr + ud, mask=dmask, other=0.0)
+    B_b = tl.load(B_ptr + bc, mask=bmask, other=0.0)
+    C_b = tl.load(C_ptr + bc, mask=bmask, other=0.0)
+    if HAS_Z:
+        z_b = tl.load(z_ptr + ud, mask=dmask, other=0.0)
     for t in range(t0, t1):
-        # recomputed from t (not carried) so the compiler sees 16-element alignment: vector loads of B and C
-        bc = (pid_b * L + t) * (G * N) + bc0
-        dt = tl.load(dt_ptr + ud, mask=dmask, other=0.0).to(tl.float32)
+        t_c = tl.minimum(t + 2, last)
+        ud = (pid_b * L + t_c) * D + d
+        bc = (pid_b * L + t_c) * (G * N) + bc0
+        dt_c = tl.load(dt_ptr + ud, mask=dmask, other=0.0)
+        u_c = tl.load(u_ptr + ud, mask=dmask, other=0.0)
+        B_c = tl.load(B_ptr + bc, mask=bmask, other=0.0)
+        C_c = tl.load(C_ptr + bc, mask=bmask, other=0.0)
+        if HAS_Z:
+            z_c = tl.load(z_ptr + ud, mask=dmask, other=0.0)
+        dt = dt_a.to(tl.float32)
         if HAS_BIAS:
             dt += bias
         if SOFTPLUS:
             dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
-        u = tl.load(u_ptr + ud, mask=dmask, other=0.0).to(tl.float32)
+        u = u_a.to(tl.float32)
         if ONE_GROUP:
-            Bt = tl.load(B_ptr + bc, mask=nmask, other=0.0).to(tl.float32)[:, None]
-            Ct = tl.load(C_ptr + bc, mask=nmask, other=0.0).to(tl.float32)[:, None]
+            Bt = B_a.to(tl.float32)[:, None]
+            Ct = C_a.to(tl.float32)[:, None]
         else:
-            Bt = tl.load(B_ptr + bc, mask=m2, other=0.0).to(tl.float32)
-            Ct = tl.load(C_ptr + bc, mask=m2, other=0.0).to(tl.float32)
+            Bt = B_a.to(tl.float32)
+            Ct = C_a.to(tl.float32)
         if PACKED:
             s = tl.load(seq_ptr + t)
             s_prev = tl.where(t > 0, tl.load(seq_ptr + tl.maximum(t - 1, 0)), -1)
@@ -221,13 +270,23 @@ def _chunk_out_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
         if HAS_D:
             y += Dv * u
         if HAS_Z:
-            zt = tl.load(z_ptr + ud, mask=dmask, other=0.0).to(tl.float32)
+            zt = z_a.to(tl.float32)
             y = y * zt / (1.0 + tl.exp(-zt))
-        tl.store(out_ptr + ud, y, mask=dmask)
+        tl.store(out_ptr + (pid_b * L + t) * D + d, y, mask=dmask)
         if PACKED:
             is_end = tl.full((NP, BD), 1, tl.int32) * (s != s_next).to(tl.int32)  # the scalar, as a tile mask
             tl.store(final_ptr + s.to(tl.int64) * D * N + d[None, :] * N + n[:, None], h, mask=m2 & (is_end > 0))
-        ud += D
+        dt_a = dt_b
+        u_a = u_b
+        B_a = B_b
+        C_a = C_b
+        dt_b = dt_c
+        u_b = u_c
+        B_b = B_c
+        C_b = C_c
+        if HAS_Z:
+            z_a = z_b
+            z_b = z_c
 
 
 def _bwd_chunk_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, z_ptr, bias_ptr, gout_ptr, seq_ptr, h0_ptr, gfin_ptr,
@@ -251,62 +310,103 @@ def _bwd_chunk_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, z_ptr, bias_ptr, gout_
     dpg = D // G
     t0 = pid_c * CHUNK
     t1 = tl.minimum(t0 + CHUNK, L)
-    row = pid_b * L + t0
-    ud = row * D + d
     if ONE_GROUP:
         bc0 = ((pid_d * BD) // dpg) * N + n
+        bmask = nmask
     else:
         bc0 = (d[None, :] // dpg) * N + n[:, None]
+        bmask = m2
     tile = n[:, None] * D + dl[None, :]  # (NP, BD) offsets inside one (N, D) state slab
     st = (pid_b * nchunks + pid_c) * N * D
     h = tl.load(hstart_ptr + st + tile, mask=m2, other=0.0)
     acc = tl.full((NP, BD), 0.0, tl.float32)  # adjoint of the state entering the chunk, from this chunk alone
     cp = tl.full((NP, BD), 1.0, tl.float32)  # running product of decays since the chunk start
-    sub_row = pid_b * nsub + t0 // SUB
-    for ts in range(t0, t1, SUB):
-        tl.store(hsub_ptr + sub_row * N * D + tile, h, mask=m2)
-        sub_row += 1
-        for t in range(ts, tl.minimum(ts + SUB, t1)):
-            bc = (pid_b * L + t) * (G * N) + bc0
-            dt = tl.load(dt_ptr + ud, mask=dmask, other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                dt += bias
-            if SOFTPLUS:
-                dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
-            u = tl.load(u_ptr + ud, mask=dmask, other=0.0).to(tl.float32)
-            gy = tl.load(gout_ptr + ud, mask=dmask, other=0.0).to(tl.float32)
-            if HAS_Z:
-                zt = tl.load(z_ptr + ud, mask=dmask, other=0.0).to(tl.float32)
-                gy = gy * zt / (1.0 + tl.exp(-zt))
-            if ONE_GROUP:
-                Bt = tl.load(B_ptr + bc, mask=nmask, other=0.0).to(tl.float32)[:, None]
-                Ct = tl.load(C_ptr + bc, mask=nmask, other=0.0).to(tl.float32)[:, None]
+    # the same two-step software pipeline as in _chunk_end_kernel
+    last = t1 - 1
+    ud = (pid_b * L + t0) * D + d
+    bc = (pid_b * L + t0) * (G * N) + bc0
+    dt_a = tl.load(dt_ptr + ud, mask=dmask, other=0.0)
+    u_a = tl.load(u_ptr + ud, mask=dmask, other=0.0)
+    g_a = tl.load(gout_ptr + ud, mask=dmask, other=0.0)
+    B_a = tl.load(B_ptr + bc, mask=bmask, other=0.0)
+    C_a = tl.load(C_ptr + bc, mask=bmask, other=0.0)
+    if HAS_Z:
+        z_a = tl.load(z_ptr + ud, mask=dmask, other=0.0)
+    t_b = tl.minimum(t0 + 1, last)
+    ud = (pid_b * L + t_b) * D + d
+    bc = (pid_b * L + t_b) * (G * N) + bc0
+    dt_b = tl.load(dt_ptr + ud, mask=dmask, other=0.0)
+    u_b = tl.load(u_ptr + ud, mask=dmask, other=0.0)
+    g_b = tl.load(gout_ptr + ud, mask=dmask, other=0.0)
+    B_b = tl.load(B_ptr + bc, mask=bmask, other=0.0)
+    C_b = tl.load(C_ptr + bc, mask=bmask, other=0.0)
+    if HAS_Z:
+        z_b = tl.load(z_ptr + ud, mask=dmask, other=0.0)
+    for t in range(t0, t1):
+        if (t - t0) % SUB == 0:
+            # the state entering each sub-tile: the backward tile kernel restarts from these
+            tl.store(hsub_ptr + (pid_b * nsub + t // SUB) * N * D + tile, h, mask=m2)
+        t_c = tl.minimum(t + 2, last)
+        ud = (pid_b * L + t_c) * D + d
+        bc = (pid_b * L + t_c) * (G * N) + bc0
+        dt_c = tl.load(dt_ptr + ud, mask=dmask, other=0.0)
+        u_c = tl.load(u_ptr + ud, mask=dmask, other=0.0)
+        g_c = tl.load(gout_ptr + ud, mask=dmask, other=0.0)
+        B_c = tl.load(B_ptr + bc, mask=bmask, other=0.0)
+        C_c = tl.load(C_ptr + bc, mask=bmask, other=0.0)
+        if HAS_Z:
+            z_c = tl.load(z_ptr + ud, mask=dmask, other=0.0)
+        dt = dt_a.to(tl.float32)
+        if HAS_BIAS:
+            dt += bias
+        if SOFTPLUS:
+            dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
+        u = u_a.to(tl.float32)
+        gy = g_a.to(tl.float32)
+        if HAS_Z:
+            zt = z_a.to(tl.float32)
+            gy = gy * zt / (1.0 + tl.exp(-zt))
+        if ONE_GROUP:
+            Bt = B_a.to(tl.float32)[:, None]
+            Ct = C_a.to(tl.float32)[:, None]
+        else:
+            Bt = B_a.to(tl.float32)
+            Ct = C_a.to(tl.float32)
+        if PACKED:
+            s = tl.load(seq_ptr + t)
+            s_prev = tl.where(t > 0, tl.load(seq_ptr + tl.maximum(t - 1, 0)), -1)
+            start = s != s_prev
+            if HAS_H0:
+                hs = tl.load(h0_ptr + s.to(tl.int64) * D * N + d[None, :] * N + n[:, None],
+                             mask=m2, other=0.0)
+                h = tl.where(start, hs, h)
             else:
-                Bt = tl.load(B_ptr + bc, mask=m2, other=0.0).to(tl.float32)
-                Ct = tl.load(C_ptr + bc, mask=m2, other=0.0).to(tl.float32)
-            if PACKED:
-                s = tl.load(seq_ptr + t)
-                s_prev = tl.where(t > 0, tl.load(seq_ptr + tl.maximum(t - 1, 0)), -1)
-                start = s != s_prev
-                if HAS_H0:
-                    hs = tl.load(h0_ptr + s.to(tl.int64) * D * N + d[None, :] * N + n[:, None],
-                                 mask=m2, other=0.0)
-                    h = tl.where(start, hs, h)
-                else:
-                    h = tl.where(start, 0.0, h)
-                cp = tl.where(start, 0.0, cp)
-            dA = tl.exp2(dt[None, :] * A2)
-            h = dA * h + (dt * u)[None, :] * Bt
-            cp = cp * dA
-            acc += cp * (Ct * gy[None, :])
-            if PACKED:
-                if HAS_GFIN:
-                    s_next = tl.where(t + 1 < L, tl.load(seq_ptr + tl.minimum(t + 1, L - 1)), -1)
-                    gf = tl.load(gfin_ptr + s.to(tl.int64) * D * N + d[None, :] * N + n[:, None],
-                                 mask=m2, other=0.0)
-                    acc += tl.where(s != s_next, cp * gf, 0.0)
-            ud += D
-        tl.store(local_ptr + st + tile, acc, mask=m2)
+                h = tl.where(start, 0.0, h)
+            cp = tl.where(start, 0.0, cp)
+        dA = tl.exp2(dt[None, :] * A2)
+        h = dA * h + (dt * u)[None, :] * Bt
+        cp = cp * dA
+        acc += cp * (Ct * gy[None, :])
+        if PACKED:
+            if HAS_GFIN:
+                s_next = tl.where(t + 1 < L, tl.load(seq_ptr + tl.minimum(t + 1, L - 1)), -1)
+                gf = tl.load(gfin_ptr + s.to(tl.int64) * D * N + d[None, :] * N + n[:, None],
+                             mask=m2, other=0.0)
+                acc += tl.where(s != s_next, cp * gf, 0.0)
+        dt_a = dt_b
+        u_a = u_b
+        g_a = g_b
+        B_a = B_b
+        C_a = C_b
+        dt_b = dt_c
+        u_b = u_c
+        g_b = g_c
+        B_b = B_c
+        C_b = C_c
+        if HAS_Z:
+            z_a = z_b
+            z_b = z_c
+    tl.store(local_ptr + st + tile, acc, mask=m2)
 
 
 def _bwd_out_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, gout_ptr, seq_ptr, h0_ptr, gfin_ptr,
@@ -315,7 +415,8 @@ def _bwd_out_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                     L, D, G, nchunks, nsub,
                     N: tl.constexpr, CHUNK: tl.constexpr, SUB: tl.constexpr, BD: tl.constexpr, HAS_D: tl.constexpr,
                     HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, PACKED: tl.constexpr,
-                    HAS_H0: tl.constexpr, HAS_GFIN: tl.constexpr, ONE_GROUP: tl.constexpr):
+                    HAS_H0: tl.constexpr, HAS_GFIN: tl.constexpr, ONE_GROUP: tl.constexpr,
+                    REV_NATIVE: tl.constexpr):
     pid_c = tl.program_id(0)
     pid_d = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
@@ -401,8 +502,15 @@ def _bwd_out_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                     c += tl.load(gfin_ptr + sbase[:, None] + d[None, :] * N + nn,
                                  mask=m2 & end[:, None], other=0.0)
             nu = tl.load(nu_ptr + st + nn * D + d, mask=dmask, other=0.0)  # (BD,): a_{next} mu_{next}
-            _, m_cum, b_cum = tl.associative_scan((a_s, tl.full((SUB, BD), 1.0, tl.float32), c), 0,
-                                                 _adjoint_combine, reverse=True)
+            ones = tl.full((SUB, BD), 1.0, tl.float32)
+            if REV_NATIVE:
+                _, m_cum, b_cum = tl.associative_scan((a_s, ones, c), 0, _adjoint_combine, reverse=True)
+            else:
+                # Compiled: flip, scan forwards, flip back. A forward scan of the flipped tile calls the
+                # combine with the same (later, earlier) argument order as a reverse scan.
+                _, m_f, b_f = tl.associative_scan((tl.flip(a_s, 0), ones, tl.flip(c, 0)), 0, _adjoint_combine)
+                m_cum = tl.flip(m_f, 0)
+                b_cum = tl.flip(b_f, 0)
             mu = b_cum + m_cum * nu[None, :]  # (SUB, BD): adjoint of the state after each step
             amu = a_s * mu
             tl.store(nu_ptr + st + nn * D + d, tl.reduce(tl.where(r[:, None] == 0, amu, 0.0), 0, _add), mask=dmask)
@@ -421,8 +529,9 @@ def _bwd_out_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
             gu += mu * dt * Bn
             gdt += mu * (u * Bn + A_n[None, :] * hx)
             ga = tl.reduce(tl.where(m2, mu * hx * dt, 0.0), 0, _add)  # (BD,)
-            ga_ptr = gA_ptr + st + nn * D + d
-            tl.store(ga_ptr, tl.load(ga_ptr, mask=dmask, other=0.0) + ga, mask=dmask)
+            tl.atomic_add(gA_ptr + st + nn * D + d, ga, mask=dmask)  # this program's own slab: no contention
+            # nu is written here and read back by other threads for the previous sub-tile: order them
+            tl.debug_barrier()
         if HAS_D:
             y += Dv[None, :] * u
             gu += gy * Dv[None, :]
@@ -472,13 +581,15 @@ def _kernel(name: str, device: torch.device):
 
 
 class ScanConfig:
-    """Launch shapes. chunk: steps per forward program; sub: steps per backward tile (divides chunk);
+    """Launch shapes. chunk: steps per forward program (None: chosen per call, see `resolve`); sub: steps
+    per backward tile (divides chunk);
     block_d / warps: channels and warps per forward program (block_d = 32 * warps keeps each channel's
     states in one thread); bwd_block_d / bwd_warps: the same for the backward tile kernel."""
 
-    def __init__(self, chunk=DEFAULT_CHUNK, sub=DEFAULT_SUB, block_d=DEFAULT_BLOCK_D, warps=DEFAULT_WARPS,
-                 bwd_block_d=DEFAULT_BWD_BLOCK_D, bwd_warps=DEFAULT_BWD_WARPS, carry_block=DEFAULT_CARRY_BLOCK):
-        if chunk % sub:
+    def __init__(self, chunk=None, sub=DEFAULT_SUB, block_d=DEFAULT_BLOCK_D, warps=DEFAULT_WARPS,
+                 bwd_block_d=DEFAULT_BWD_BLOCK_D, bwd_warps=DEFAULT_BWD_WARPS, carry_block=DEFAULT_CARRY_BLOCK,
+                 native_reverse_scan=None):
+        if chunk is not None and chunk % sub:
             raise ValueError(f"chunk {chunk} must be a multiple of sub {sub}")
         for name, v in (("sub", sub), ("block_d", block_d), ("bwd_block_d", bwd_block_d),
                         ("carry_block", carry_block)):
@@ -486,10 +597,29 @@ class ScanConfig:
                 raise ValueError(f"{name} must be a power of two, got {v}")
         self.chunk, self.sub, self.block_d, self.warps = chunk, sub, block_d, warps
         self.bwd_block_d, self.bwd_warps, self.carry_block = bwd_block_d, bwd_warps, carry_block
+        # None: Triton's reverse=True scan under the interpreter (exact there; tl.flip is a jit function
+        # the interpreter cannot call when triton was imported without TRITON_INTERPRET), flip + forward
+        # scan when compiled (reverse=True has had layout-dependent bugs: triton-lang/triton#4362).
+        self.native_reverse_scan = native_reverse_scan
+
+    def resolve(self, batch: int, seqlen: int, dim: int) -> "ScanConfig":
+        """A copy with `chunk` fixed. Auto: the largest power of two up to 1024 that still gives about
+        2048 forward programs, so short sequences fill the GPU too (each program walks its chunk in
+        sequence, so fewer, longer chunks leave SMs idle)."""
+        if self.chunk is not None:
+            return self
+        per_chunk = batch * triton.cdiv(dim, self.block_d)  # programs per chunk index
+        want = triton.cdiv(2048, per_chunk)  # chunks per sequence
+        chunk = 1024
+        while chunk > self.sub and chunk * want > seqlen:
+            chunk //= 2
+        return ScanConfig(chunk, self.sub, self.block_d, self.warps, self.bwd_block_d, self.bwd_warps,
+                          self.carry_block, self.native_reverse_scan)
 
     def __repr__(self):
         return (f"ScanConfig(chunk={self.chunk}, sub={self.sub}, block_d={self.block_d}, warps={self.warps}, "
-                f"bwd_block_d={self.bwd_block_d}, bwd_warps={self.bwd_warps})")
+                f"bwd_block_d={self.bwd_block_d}, bwd_warps={self.bwd_warps}, "
+                f"native_reverse_scan={self.native_reverse_scan})")
 
 
 def _flags(D, G, block_d):
@@ -605,6 +735,7 @@ def scan_bwd(gout, gfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
         gbias if gbias is not None else dummy, gh0 if gh0 is not None else dummy,
         L, dim, G, nchunks, nsub,
         N=N, CHUNK=cfg.chunk, SUB=cfg.sub, BD=cfg.bwd_block_d, HAS_D=D is not None, num_warps=cfg.bwd_warps,
+        REV_NATIVE=cfg.native_reverse_scan if cfg.native_reverse_scan is not None else dev.type != "cuda",
         **common, **_flags(dim, G, cfg.bwd_block_d))
     gA = gA.sum((0, 1)).t()
     gD = gD.sum((0, 1)) if gD is not None else None
@@ -645,7 +776,7 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     cu_seqlens: (nseq+1,) int offsets of sequences packed in batch 1; the state resets at each boundary.
     Returns y (batch, seqlen, dim) in u's dtype, or (y, final_state (batch|nseq, dim, dstate) fp32).
     """
-    cfg = config or ScanConfig()
+    cfg = (config or ScanConfig()).resolve(u.shape[0], u.shape[1], u.shape[2])
     if compute_dtype(u) == torch.float64:
         raise TypeError("the Triton scan computes in float32; use selective_scan_ref for float64")
     batch, seqlen, dim = u.shape

@@ -34,6 +34,7 @@ from .runtime import (SETTINGS, autocast, check_choice, check_writable, note, pr
                       write_errors)
 
 POOLINGS = ("mean", "none")
+_COMPLEMENT_U8 = alphabet.COMPLEMENT.numpy().astype(np.uint8)  # (256,) byte -> complement byte
 SOFT_MASK_MODES = ("keep", "upper")
 OUTPUT_EXTENSIONS = (".npy", ".safetensors")
 
@@ -104,24 +105,27 @@ def embed_tokens(model: MambaLM, sequences: Sequence[torch.Tensor], layer: int =
                  precision: str = "fp32", on_progress=None) -> list[np.ndarray]:
     """Embed one batch of token sequences (each (L_i,) long).
 
+    Token ids are bytes, so sequences may come as uint8 or long tensors.
     Returns per sequence a float32 (d_model,) array (pooling=mean) or (L_i, d_model) (pooling=none).
     Sequences are right-padded into one batch and read `chunk_size` positions at a time with the
     per-layer state carried over; rows whose sequence has ended are dropped from later chunks.
     """
     check_choice("pooling", pooling, POOLINGS)
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    # Tokens wait on the host as bytes (one byte a base, a whole chromosome included); each chunk becomes
+    # long ids only on the device.
     rows = []
     for seq in sequences:
         if len(seq) == 0:
             raise ValueError("cannot embed an empty sequence")
-        rows.append(seq.long().cpu())
+        rows.append(seq.cpu().to(torch.uint8))
         if rc_average:
-            rows.append(alphabet.reverse_complement(rows[-1]))
+            rows.append(torch.from_numpy(_COMPLEMENT_U8[rows[-1].numpy()][::-1].copy()))
     lengths = torch.tensor([len(r) for r in rows])  # (R,)
     order = torch.argsort(lengths, descending=True, stable=True)  # longest first: active rows are a prefix
     lengths_sorted = lengths[order]
     L = int(lengths_sorted[0])
-    tokens = torch.zeros(len(rows), L, dtype=torch.long)  # (R, L), PAD_ID on the right
+    tokens = torch.zeros(len(rows), L, dtype=torch.uint8)  # (R, L), PAD_ID on the right
     for i, r in enumerate(order.tolist()):
         tokens[i, :len(rows[r])] = rows[r]
     d = model.cfg.d_model
@@ -132,7 +136,7 @@ def embed_tokens(model: MambaLM, sequences: Sequence[torch.Tensor], layer: int =
     state = None
     for c0 in range(0, L, chunk_size):
         active = int((lengths_sorted > c0).sum())
-        chunk = tokens[:active, c0:c0 + chunk_size].to(device)  # (A, l)
+        chunk = tokens[:active, c0:c0 + chunk_size].to(device).long()  # (A, l)
         if state is not None and active < state[0].ssm.shape[0]:
             state = _trim_state(state, active)
         with autocast(device, precision):
@@ -217,7 +221,8 @@ def embed_fasta(cfg: EmbedConfig) -> dict:
                     for k in idx:
                         it = items[k]
                         seq = fasta.fetch(it.contig, it.start, it.end)
-                        seqs.append(alphabet.encode(seq.upper() if cfg.soft_mask == "upper" else seq))
+                        seq = seq.upper() if cfg.soft_mask == "upper" else seq
+                        seqs.append(torch.frombuffer(bytearray(seq), dtype=torch.uint8))
                     embs = embed_tokens(model, seqs, cfg.layer, cfg.pooling, cfg.rc_average, cfg.chunk_size,
                                         device, cfg.precision,
                                         on_progress=lambda n: progress.advance(task, n))

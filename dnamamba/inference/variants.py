@@ -24,6 +24,10 @@ as in training; N and other IUPAC codes are read as context only.
 With `rc_average` the score is the mean of the score above and the same score on the reverse
 complements of both windows. There the shared prefix is the reverse-complemented right flank.
 
+The shared prefix is read once per record: its final recurrent state is carried into the REF window
+and each ALT window (`shared_prefix_log_likelihoods`). `window_log_likelihoods`, which reads every
+window whole, is the reference it is tested against.
+
 The VCF side is pysam's: records are read with `pysam.VariantFile` and written back unchanged except
 for one INFO field (Number=A: one score per ALT allele).
 """
@@ -44,7 +48,7 @@ from .. import alphabet
 from ..data.fasta import FastaFile
 from ..errors import InputError, require_file
 from ..io import atomic_path
-from ..model import MambaLM, load_export
+from ..model import LayerState, MambaLM, load_export
 from .runtime import (SETTINGS, autocast, check_choice, check_writable, note, progress_bar, resolve_device,
                       write_errors)
 
@@ -149,8 +153,7 @@ def match_case(allele: bytes, reference_base: bytes) -> bytes:
 
 @torch.no_grad()
 def window_log_likelihoods(model: MambaLM, windows: Sequence[Window], batch_size: int = 64,
-                           device: torch.device | str | None = None, precision: str = "fp32",
-                           on_batch=None) -> np.ndarray:
+                           device: torch.device | str | None = None, precision: str = "fp32") -> np.ndarray:
     """Sum of log P(seq_i | seq_<i) over i >= max(left, 1) where seq_i is A, C, G or T, per window.
 
     Windows are batched by similar length and right-padded; a causal model's outputs at real positions
@@ -179,24 +182,92 @@ def window_log_likelihoods(model: MambaLM, windows: Sequence[Window], batch_size
         keep = (pos >= first[:, None]) & (pos < lengths.to(device)[:, None]) & alphabet.loss_mask(target)
         sums = (logp.double() * keep).sum(-1)  # (B,)
         out[idx] = sums.cpu().numpy()
-        if on_batch is not None:
-            on_batch(len(idx))
     return out
+
+
+@torch.no_grad()
+def shared_prefix_log_likelihoods(model: MambaLM, groups: Sequence[Sequence[Window]], batch_size: int = 64,
+                                  device: torch.device | str | None = None, precision: str = "fp32"
+                                  ) -> list[np.ndarray]:
+    """`window_log_likelihoods` for groups of windows that share their first `left` bases (a variant's
+    REF and ALT windows), reading the shared prefix once.
+
+    The prefix runs once per group and returns the model's recurrent state, which each window of the
+    group continues from; its last logits predict each window's first base after the prefix. This is
+    the same computation as reading each whole window (the state is what makes chunked reading exact),
+    with len(prefix) * (len(group) - 1) fewer positions. Returns one float64 array per group.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    out = [np.zeros(len(g), dtype=np.float64) for g in groups]
+    by_prefix: dict[int, list[int]] = {}
+    for k, g in enumerate(groups):
+        by_prefix.setdefault(g[0].left, []).append(k)  # prefixes of one length batch without padding
+    for p, members in by_prefix.items():
+        start = 0
+        while start < len(members):
+            stop, rows = start, 0
+            while stop < len(members) and (rows == 0 or rows + len(groups[members[stop]]) <= batch_size):
+                rows += len(groups[members[stop]])
+                stop += 1
+            batch = members[start:stop]
+            start = stop
+            sums = _score_group_batch(model, [groups[k] for k in batch], p, device, precision)
+            offset = 0
+            for k in batch:
+                out[k][:] = sums[offset:offset + len(groups[k])]
+                offset += len(groups[k])
+    return out
+
+
+def _score_group_batch(model: MambaLM, groups: Sequence[Sequence[Window]], p: int, device: torch.device,
+                       precision: str) -> np.ndarray:
+    """One forward batch of `shared_prefix_log_likelihoods`: groups whose windows share a prefix of p bases."""
+    windows = [w for g in groups for w in g]
+    owner = torch.tensor([i for i, g in enumerate(groups) for _ in g], device=device)  # (R,) group of each row
+    lengths = torch.tensor([len(w.seq) - p for w in windows], device=device)  # (R,) bases after the prefix
+    Ls = int(lengths.max())
+    suffix = torch.zeros(len(windows), Ls, dtype=torch.long)  # (R, Ls), PAD_ID on the right
+    for r, w in enumerate(windows):
+        suffix[r, :len(w.seq) - p] = alphabet.encode(w.seq[p:])
+    suffix = suffix.to(device)
+    with autocast(device, precision):
+        if p > 0:
+            prefix = torch.stack([alphabet.encode(g[0].seq[:p]) for g in groups]).to(device)  # (G, p)
+            prefix_logits, state = model(prefix, return_state=True)  # (G, p, vocab)
+            state = [LayerState(conv=s.conv[owner], ssm=s.ssm[owner]) for s in state]  # one per row
+            logits = model(suffix, state=state)  # (R, Ls, vocab)
+            # Target j of the suffix is predicted by the last prefix position (j = 0) or suffix position j-1.
+            logits = torch.cat([prefix_logits[owner, -1:], logits[:, :-1]], dim=1).float()  # (R, Ls, vocab)
+            first = 0
+        else:
+            logits = model(suffix).float()  # a window at the contig start: its first base has no context
+            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)  # position 0 is masked out below
+            first = 1
+    logp = logits.gather(-1, suffix.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)  # (R, Ls)
+    pos = torch.arange(Ls, device=device)  # (Ls,)
+    keep = (pos >= first) & (pos[None, :] < lengths[:, None]) & alphabet.loss_mask(suffix)
+    return (logp.double() * keep).sum(-1).cpu().numpy()
 
 
 def score_windows(model: MambaLM, pairs: Sequence[tuple[Window, Window]], rc_average: bool = False,
                   **kwargs) -> np.ndarray:
-    """LLR per (ref_window, alt_window) pair, float64 (n_pairs,). kwargs go to window_log_likelihoods."""
-    windows = [w for pair in pairs for w in pair]
-    if rc_average:
-        windows += [w.reverse_complement() for w in windows]
-    ll = window_log_likelihoods(model, windows, **kwargs)
-    n = len(pairs)
-    fwd = ll[1:2 * n:2] - ll[0:2 * n:2]
+    """LLR per (ref_window, alt_window) pair, float64 (n_pairs,). kwargs go to shared_prefix_log_likelihoods.
+
+    Consecutive pairs with the same REF window object (the ALTs of one record) share one REF row.
+    """
+    groups: list[list[Window]] = []
+    slots: list[tuple[int, int]] = []  # (group, index of the ALT window in it) per pair
+    for ref_w, alt_w in pairs:
+        if not groups or groups[-1][0] is not ref_w:
+            groups.append([ref_w])
+        groups[-1].append(alt_w)
+        slots.append((len(groups) - 1, len(groups[-1]) - 1))
+    ll = shared_prefix_log_likelihoods(model, groups, **kwargs)
+    llr = np.array([ll[g][i] - ll[g][0] for g, i in slots], dtype=np.float64)
     if not rc_average:
-        return fwd
-    rc = ll[2 * n + 1::2] - ll[2 * n::2]
-    return (fwd + rc) / 2
+        return llr
+    rc = shared_prefix_log_likelihoods(model, [[w.reverse_complement() for w in g] for g in groups], **kwargs)
+    return (llr + np.array([rc[g][i] - rc[g][0] for g, i in slots], dtype=np.float64)) / 2
 
 
 def classify_alt(alt: str | None) -> str | None:

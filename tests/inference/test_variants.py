@@ -15,7 +15,7 @@ from dnamamba.data.fasta import FastaFile
 from dnamamba.errors import InputError
 from dnamamba.inference.variants import (ScoreVariantsConfig, Window, allele_window, classify_alt, flank_lengths,
                                          match_case, plan_record, score_vcf, score_windows,
-                                         window_log_likelihoods, window_span)
+                                         shared_prefix_log_likelihoods, window_log_likelihoods, window_span)
 
 from inference_helpers import LAMBDA, VCF_FIXTURES, shared_file, tiny_model
 
@@ -128,6 +128,27 @@ def test_padding_and_batching_do_not_change_log_likelihoods(lambda_fasta):
     one_by_one = [window_log_likelihoods(model, [w], batch_size=1)[0] for w in windows]
     assert np.allclose(batched, one_by_one, atol=1e-4)
     assert batched[3] == 0.0 and batched[4] != 0.0  # a 1-base window predicts nothing; the last one predicts 1
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 64])
+def test_shared_prefix_equals_whole_windows(lambda_fasta, batch_size):
+    """The fast path (prefix once, state carried into each window) against the plain per-window reference,
+    over SNVs, an MNV, indels, a multi-allelic record and windows cut at both contig ends."""
+    model = tiny_model()
+    n = lambda_fasta.lengths[LAMBDA]
+    variants = [(0, 1, [b"A", b"TTG"]), (2, 1, [b"C"]), (999, 1, [b"G", b"C", b"AGG"]), (2999, 3, [b"CAT"]),
+                (7999, 5, [b"G"]), (n - 3, 3, [b"A"]), (n - 1, 1, [b"T", b"GAC"])]
+    groups = []
+    for start, ref_len, alts in variants:
+        lo, hi = window_span(start, ref_len, n, 40)
+        ctx = lambda_fasta.fetch(LAMBDA, lo, hi)
+        ref = allele_window(ctx, lo, start, ref_len, ctx[start - lo:start - lo + ref_len])
+        groups.append([ref] + [allele_window(ctx, lo, start, ref_len, a) for a in alts])
+    for strand in (groups, [[w.reverse_complement() for w in g] for g in groups]):
+        fast = shared_prefix_log_likelihoods(model, strand, batch_size=batch_size)
+        for g, got in zip(strand, fast):
+            np.testing.assert_allclose(got, window_log_likelihoods(model, g), rtol=0, atol=1e-4)
+            assert np.all(got < 0)
 
 
 def test_soft_masked_reference_gives_no_case_penalty(tmp_path):

@@ -510,6 +510,8 @@ def _score_records(cfg: ScoreVariantsConfig, kind: str, model: MambaLM, device: 
             writer.close()
         if kind == "wz" and cfg.index:
             _tabix(tmp, cfg.out)
+        elif kind == "wz" and os.path.exists(cfg.out + ".tbi"):
+            os.unlink(cfg.out + ".tbi")  # an index of an earlier output would not match this one
     skipped = {reason: counts[reason] for reason in SKIP_REASONS if counts[reason]}
     n_alleles = sum(counts.values())
     line = f"scored {counts['ok']} of {n_alleles} alleles in {n_records} records -> {cfg.out}"
@@ -535,5 +537,8 @@ def _tabix(tmp: str, out: str) -> None:
     try:
         with atomic_path(out + ".tbi") as tmp_index:
             pysam.tabix_index(tmp, preset="vcf", force=True, keep_original=True, index=tmp_index)
-    except (OSError, ValueError) as e:
-        note(f"{out} not indexed ({str(e).splitlines()[0]}); sort it and run tabix to index it")
+    except (OSError, ValueError):
+        if os.path.exists(out + ".tbi"):
+            os.unlink(out + ".tbi")  # an index of an earlier output would not match this one
+        note(f"{out} not indexed: tabix needs the records sorted by contig and position "
+             f"(bcftools sort, then tabix -p vcf)")

@@ -324,3 +324,17 @@ def test_existing_info_field_of_another_type_is_an_error(tmp_path, tiny_export, 
     with pysam.VariantFile(str(tmp_path / "out.vcf")) as out:
         rec = next(iter(out))
     assert rec.info["DNAMAMBA_LLR"] == "x" and len(rec.info["LLR2"]) == 1
+
+
+def test_unsorted_output_is_not_indexed_and_a_stale_index_goes(tmp_path, tiny_export, lambda_path, capsys):
+    vcf = tmp_path / "unsorted.vcf"
+    vcf.write_text(f"##fileformat=VCFv4.2\n##contig=<ID={LAMBDA},length=48502>\n"
+                   "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
+                   f"{LAMBDA}\t3000\tb\tT\tG\t.\t.\t.\n{LAMBDA}\t1000\ta\tA\tG\t.\t.\t.\n")
+    (tmp_path / "out.vcf.gz.tbi").write_bytes(b"an index of an earlier output")
+    summary = score_vcf(_cfg(tmp_path, tiny_export, lambda_path, vcf, "out.vcf.gz", window=16))
+    assert summary["scored"] == 2
+    assert sorted(os.listdir(tmp_path)) == ["out.vcf.gz", "unsorted.vcf"]
+    assert "out.vcf.gz not indexed" in capsys.readouterr().err
+    with pysam.VariantFile(str(tmp_path / "out.vcf.gz")) as out:
+        assert [r.id for r in out] == ["b", "a"]  # records stay in input order

@@ -48,8 +48,8 @@ LN2 = 0.6931471805599453
 DEFAULT_SUB = 32
 DEFAULT_BLOCK_D = 128
 DEFAULT_WARPS = 4
-DEFAULT_BWD_BLOCK_D = 32
-DEFAULT_BWD_WARPS = 2
+DEFAULT_BWD_BLOCK_D = 16
+DEFAULT_BWD_WARPS = 1
 DEFAULT_CARRY_BLOCK = 512
 
 
@@ -118,7 +118,7 @@ def _chunk_end_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, seq_ptr, h0_ptr, he
     dt_b = tl.load(dt_ptr + ud, mask=dmask, other=0.0)
     u_b = tl.load(u_ptr + ud, mask=dmask, other=0.0)
     B_b = tl.load(B_ptr + bc, mask=bmask, other=0.0)
-    for t in range(t0, t1):
+    for t in tl.range(t0, t1, loop_unroll_factor=2):
         t_c = tl.minimum(t + 2, last)
         ud = (pid_b * L + t_c) * D + d
         bc = (pid_b * L + t_c) * (G * N) + bc0
@@ -232,7 +232,7 @@ def _chunk_out_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
     C_b = tl.load(C_ptr + bc, mask=bmask, other=0.0)
     if HAS_Z:
         z_b = tl.load(z_ptr + ud, mask=dmask, other=0.0)
-    for t in range(t0, t1):
+    for t in tl.range(t0, t1, loop_unroll_factor=2):
         t_c = tl.minimum(t + 2, last)
         ud = (pid_b * L + t_c) * D + d
         bc = (pid_b * L + t_c) * (G * N) + bc0
@@ -342,7 +342,7 @@ def _bwd_chunk_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, z_ptr, bias_ptr, gout_
     C_b = tl.load(C_ptr + bc, mask=bmask, other=0.0)
     if HAS_Z:
         z_b = tl.load(z_ptr + ud, mask=dmask, other=0.0)
-    for t in range(t0, t1):
+    for t in tl.range(t0, t1, loop_unroll_factor=2):
         if (t - t0) % SUB == 0:
             # the state entering each sub-tile: the backward tile kernel restarts from these
             tl.store(hsub_ptr + (pid_b * nsub + t // SUB) * N * D + tile, h, mask=m2)
@@ -588,7 +588,7 @@ class ScanConfig:
 
     def __init__(self, chunk=None, sub=DEFAULT_SUB, block_d=DEFAULT_BLOCK_D, warps=DEFAULT_WARPS,
                  bwd_block_d=DEFAULT_BWD_BLOCK_D, bwd_warps=DEFAULT_BWD_WARPS, carry_block=DEFAULT_CARRY_BLOCK,
-                 native_reverse_scan=None):
+                 native_reverse_scan=True):
         if chunk is not None and chunk % sub:
             raise ValueError(f"chunk {chunk} must be a multiple of sub {sub}")
         for name, v in (("sub", sub), ("block_d", block_d), ("bwd_block_d", bwd_block_d),
@@ -597,9 +597,11 @@ class ScanConfig:
                 raise ValueError(f"{name} must be a power of two, got {v}")
         self.chunk, self.sub, self.block_d, self.warps = chunk, sub, block_d, warps
         self.bwd_block_d, self.bwd_warps, self.carry_block = bwd_block_d, bwd_warps, carry_block
-        # None: Triton's reverse=True scan under the interpreter (exact there; tl.flip is a jit function
-        # the interpreter cannot call when triton was imported without TRITON_INTERPRET), flip + forward
-        # scan when compiled (reverse=True has had layout-dependent bugs: triton-lang/triton#4362).
+        # True: Triton's reverse=True scan. False: flip, forward scan, flip back, kept as a fallback
+        # because reverse=True has had layout-dependent bugs (triton-lang/triton#4362); on triton 3.6
+        # both give identical gradients on the H200 and the flips cost about 2x in the backward tile
+        # kernel. The interpreter always takes reverse=True: tl.flip is a jit function it cannot call
+        # when triton was imported without TRITON_INTERPRET.
         self.native_reverse_scan = native_reverse_scan
 
     def resolve(self, batch: int, seqlen: int, dim: int) -> "ScanConfig":
@@ -735,7 +737,7 @@ def scan_bwd(gout, gfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
         gbias if gbias is not None else dummy, gh0 if gh0 is not None else dummy,
         L, dim, G, nchunks, nsub,
         N=N, CHUNK=cfg.chunk, SUB=cfg.sub, BD=cfg.bwd_block_d, HAS_D=D is not None, num_warps=cfg.bwd_warps,
-        REV_NATIVE=cfg.native_reverse_scan if cfg.native_reverse_scan is not None else dev.type != "cuda",
+        REV_NATIVE=cfg.native_reverse_scan or dev.type != "cuda",
         **common, **_flags(dim, G, cfg.bwd_block_d))
     gA = gA.sum((0, 1)).t()
     gD = gD.sum((0, 1)) if gD is not None else None

@@ -25,7 +25,8 @@ def triton_small(*args, **kw):
 
 def compare(tensors, dtype, opts, grad_final=True, cu_seqlens=None):
     y_ref, f_ref, g_ref = None, None, None
-    gy = torch.randn(tensors[0].shape, generator=torch.Generator().manual_seed(1))
+    # the output gradient reaches the kernels in the output dtype: give the reference the same values
+    gy = torch.randn(tensors[0].shape, generator=torch.Generator().manual_seed(1)).to(dtype).float()
     nstate = tensors[8].shape
     gf = torch.randn(nstate, generator=torch.Generator().manual_seed(2)) if grad_final else None
     y, f, g = run_scan(triton_small, tensors, grad_out=gy, grad_final=gf, cu_seqlens=cu_seqlens, **opts)

@@ -35,8 +35,10 @@ def bed(tmp_path) -> Path:
 
 def embed(cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
     cwd.mkdir(exist_ok=True)
+    # One intra-op thread: small forward passes stall behind a spinning thread team on a busy machine.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "dnamamba.cli", "embed", "device=cpu", *overrides],
-                          cwd=cwd, capture_output=True, text=True, timeout=300)
+                          cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
 
 
 def test_yaml_and_schema_have_the_same_keys():

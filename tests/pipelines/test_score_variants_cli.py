@@ -29,8 +29,10 @@ def export(tmp_path_factory) -> str:
 
 def score_variants(cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
     cwd.mkdir(exist_ok=True)
+    # One intra-op thread: small forward passes stall behind a spinning thread team on a busy machine.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "dnamamba.cli", "score-variants", "device=cpu", *overrides],
-                          cwd=cwd, capture_output=True, text=True, timeout=300)
+                          cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
 
 
 def test_yaml_and_schema_have_the_same_keys():

@@ -23,11 +23,11 @@ def run(cfg: DictConfig | dict) -> dict:
     return embed_fasta(config_from(EmbedConfig, cfg))
 
 
-# conf/ also holds the `model/` config group of pretraining, and Hydra reads `model=...` as a choice in
-# that group whenever the group is on the search path. The export directory setting is called `model`
-# too, so conf/embed.yaml is registered in Hydra's ConfigStore and the search path leaves conf/ out.
-ConfigStore.instance().store(
-    name="embed", node=OmegaConf.load(importlib.resources.files("dnamamba.conf").joinpath("embed.yaml").open()))
+# conf/ also holds pretraining's `model/` config group, and Hydra reads `model=...` as a choice in that
+# group whenever the group is on the search path. Here `model` is the export directory, so
+# conf/embed.yaml is registered in Hydra's ConfigStore and the search path leaves conf/ out.
+_YAML = importlib.resources.files("dnamamba.conf").joinpath("embed.yaml").read_text()
+ConfigStore.instance().store(name="embed", node=OmegaConf.create(_YAML))
 
 
 @hydra.main(config_path=None, config_name="embed", version_base="1.3")

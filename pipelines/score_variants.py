@@ -24,11 +24,11 @@ def run(cfg: DictConfig | dict) -> dict:
     return score_vcf(config_from(ScoreVariantsConfig, cfg))
 
 
-# conf/ also holds the `model/` config group of pretraining, and Hydra reads `model=...` as a choice in
-# that group whenever the group is on the search path. The export directory setting is called `model`
-# too, so conf/score_variants.yaml is registered in Hydra's ConfigStore and the search path leaves conf/ out.
-ConfigStore.instance().store(
-    name="score_variants", node=OmegaConf.load(importlib.resources.files("dnamamba.conf").joinpath("score_variants.yaml").open()))
+# conf/ also holds pretraining's `model/` config group, and Hydra reads `model=...` as a choice in that
+# group whenever the group is on the search path. Here `model` is the export directory, so
+# conf/score_variants.yaml is registered in Hydra's ConfigStore and the search path leaves conf/ out.
+_YAML = importlib.resources.files("dnamamba.conf").joinpath("score_variants.yaml").read_text()
+ConfigStore.instance().store(name="score_variants", node=OmegaConf.create(_YAML))
 
 
 @hydra.main(config_path=None, config_name="score_variants", version_base="1.3")

@@ -34,9 +34,9 @@ from .runtime import (SETTINGS, autocast, check_choice, check_writable, note, pr
                       write_errors)
 
 POOLINGS = ("mean", "none")
-_COMPLEMENT_U8 = alphabet.COMPLEMENT.numpy().astype(np.uint8)  # (256,) byte -> complement byte
 SOFT_MASK_MODES = ("keep", "upper")
 OUTPUT_EXTENSIONS = (".npy", ".safetensors")
+_COMPLEMENT_U8 = alphabet.COMPLEMENT.numpy().astype(np.uint8)  # (256,) byte -> complement byte
 
 
 @dataclass
@@ -184,7 +184,7 @@ def _check_layer(model: MambaLM, layer: int) -> None:
     n = model.cfg.n_layer
     if not -n - 1 <= layer <= n:
         raise InputError(SETTINGS, f"layer={layer} is out of range for a {n}-layer model "
-                               f"(-1 is the final output; 0..{n - 1} are block outputs)")
+                                   f"(-1 is the final output; 0..{n - 1} are block outputs)")
 
 
 def embed_fasta(cfg: EmbedConfig) -> dict:

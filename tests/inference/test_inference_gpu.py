@@ -15,7 +15,8 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 def test_cuda_chunked_embedding_equals_one_pass(lambda_fasta):
     model = tiny_model().cuda()
-    seqs = [alphabet.encode(lambda_fasta.fetch(LAMBDA, 0, 48502)), alphabet.encode(lambda_fasta.fetch(LAMBDA, 777, 30000))]
+    seqs = [alphabet.encode(lambda_fasta.fetch(LAMBDA, 0, 48502)),
+            alphabet.encode(lambda_fasta.fetch(LAMBDA, 777, 30000))]
     one = embed_tokens(model, seqs, pooling="none", chunk_size=1 << 20)
     chunked = embed_tokens(model, seqs, pooling="none", chunk_size=7777)
     cpu = embed_tokens(tiny_model(), [s[:3000] for s in seqs], pooling="none", chunk_size=1 << 20)

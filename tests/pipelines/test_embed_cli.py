@@ -23,7 +23,8 @@ LAMBDA = "gi|9626243|ref|NC_001416.1|"
 @pytest.fixture(scope="module")
 def export(tmp_path_factory) -> str:
     torch.manual_seed(0)
-    return save_export(MambaLM(MambaConfig(d_model=32, n_layer=2, d_state=8)), tmp_path_factory.mktemp("cli") / "export")
+    model = MambaLM(MambaConfig(d_model=32, n_layer=2, d_state=8))
+    return save_export(model, tmp_path_factory.mktemp("cli") / "export")
 
 
 @pytest.fixture

@@ -24,7 +24,8 @@ LAMBDA = "gi|9626243|ref|NC_001416.1|"
 @pytest.fixture(scope="module")
 def export(tmp_path_factory) -> str:
     torch.manual_seed(0)
-    return save_export(MambaLM(MambaConfig(d_model=32, n_layer=2, d_state=8)), tmp_path_factory.mktemp("cli") / "export")
+    model = MambaLM(MambaConfig(d_model=32, n_layer=2, d_state=8))
+    return save_export(model, tmp_path_factory.mktemp("cli") / "export")
 
 
 def score_variants(cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
@@ -43,7 +44,8 @@ def test_yaml_and_schema_have_the_same_keys():
 def test_scores_into_bgzip_vcf_and_writes_nothing_else(tmp_path, export):
     work = tmp_path / "work"
     proc = score_variants(work, f"model={export}", f"fasta={demo_genome_path()}",
-                          f"vcf={FIXTURES / 'lambda_variants.vcf'}", "out=scored.vcf.gz", "window=32", "rc_average=true")
+                          f"vcf={FIXTURES / 'lambda_variants.vcf'}", "out=scored.vcf.gz", "window=32",
+                          "rc_average=true")
     assert proc.returncode == 0, proc.stderr
     assert sorted(os.listdir(work)) == ["scored.vcf.gz", "scored.vcf.gz.tbi"]  # no outputs/, .hydra/ or logs
     summary = proc.stderr.strip().splitlines()[-1]

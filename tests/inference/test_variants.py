@@ -338,3 +338,13 @@ def test_unsorted_output_is_not_indexed_and_a_stale_index_goes(tmp_path, tiny_ex
     assert "out.vcf.gz not indexed" in capsys.readouterr().err
     with pysam.VariantFile(str(tmp_path / "out.vcf.gz")) as out:
         assert [r.id for r in out] == ["b", "a"]  # records stay in input order
+
+
+def test_bcf_output_reads_back_as_input(tmp_path, tiny_export, lambda_path):
+    """A BCF written here (symbolic records and their END included) is valid input and scores the same."""
+    src = VCF_FIXTURES / "lambda_variants.vcf"
+    score_vcf(_cfg(tmp_path, tiny_export, lambda_path, src, "first.bcf", window=32))
+    score_vcf(_cfg(tmp_path, tiny_export, lambda_path, src, "first.tsv", window=32))
+    score_vcf(_cfg(tmp_path, tiny_export, lambda_path, tmp_path / "first.bcf", "second.tsv", window=32,
+                   info_field="AGAIN"))
+    assert (tmp_path / "first.tsv").read_text() == (tmp_path / "second.tsv").read_text()

@@ -217,7 +217,7 @@ def main():
                 var = []
                 for kw in (dict(block_d=64, warps=2), dict(chunk=512), dict(bwd_block_d=32, bwd_warps=2),
                            dict(bwd_block_d=32, bwd_warps=1), dict(bwd_block_d=64, bwd_warps=2),
-                           dict(native_reverse_scan=False)):
+                           dict(block_d=32, warps=1)):
                     c = ScanConfig(**kw)
                     fwd, fb, peak, grads, _ = measure(runner("triton", x, None, c), x, rep=100)
                     var.append(dict(config=repr(c), fwd_ms=round(fwd, 3), fwdbwd_ms=round(fb, 3),

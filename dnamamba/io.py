@@ -27,6 +27,8 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     os.close(fd)
     try:
         yield tmp
+        # mkstemp creates 0600; give the output the permissions a plain open() would have.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -38,3 +40,9 @@ def _suffixes(name: str) -> list[str]:
     if parts and parts[-1] in {"gz", "bgz"} and len(parts) >= 2:
         return ["." + parts[-2], "." + parts[-1]]
     return ["." + parts[-1]] if parts else []
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -4,8 +4,15 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
 from support import SHRINK, compose_config
+
+
+# Test shapes are tiny: one thread avoids OpenMP oversubscription when DDP ranks or CLI subprocesses
+# share the two cores, which stalls small ops by 10-50x.
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture

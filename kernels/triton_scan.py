@@ -750,10 +750,6 @@ def scan_bwd(gout, gfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
 class SelectiveScanFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus, seq_idx, nseq, cfg):
-        # B and C are small (no dim axis) and every thread reads all dstate of them each step: in fp32 the
-        # kernels skip converting them each time, for 1/dim of the bytes of u
-        ctx.bc_dtypes = (B.dtype, C.dtype)
-        B, C = B.float(), C.float()
         out, final, hstart, P = scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, seq_idx, nseq,
                                          cfg)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, h0, seq_idx, hstart, P)
@@ -769,7 +765,6 @@ class SelectiveScanFn(torch.autograd.Function):
         grads = scan_bwd(gout, None if gfinal is None else gfinal.float().contiguous(), u, delta, A, B, C, D, z,
                          delta_bias, ctx.delta_softplus, h0, seq_idx, hstart, P, ctx.cfg)
         gu, gdt, gA, gB, gC, gD, gz, gbias, gh0 = grads
-        gB, gC = gB.to(ctx.bc_dtypes[0]), gC.to(ctx.bc_dtypes[1])
         return gu, gdt, gA, gB, gC, gD, gz, gbias, gh0, None, None, None, None
 
 

@@ -20,7 +20,9 @@ class OptimConfig:
     eps: float = 1e-8
     warmup_steps: int = 50
     min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio
-    fused: bool | None = None  # None: fused AdamW on CUDA
+    # Fused AdamW unscales gradients itself, so Lightning refuses it together with gradient clipping
+    # under mixed precision; the default foreach AdamW works with both.
+    fused: bool = False
 
     def __post_init__(self):
         # YAML lists arrive as OmegaConf ListConfig; checkpoints must hold plain Python values.
@@ -47,11 +49,8 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, total_steps: int):
-    fused = cfg.fused
-    if fused is None:
-        fused = next(model.parameters()).is_cuda
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),
-                            eps=cfg.eps, fused=fused)
+                            eps=cfg.eps, fused=cfg.fused or None)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: warmup_cosine(s, cfg.warmup_steps, total_steps, cfg.min_lr_ratio))
     return opt, sched

@@ -9,26 +9,21 @@ dnamamba/inference/variants.py for how the windows and the score are defined.
 """
 from __future__ import annotations
 
-import importlib.resources
-
 import hydra
-from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from dnamamba.errors import exit_on_input_error
 from dnamamba.inference.runtime import config_from
 from dnamamba.inference.variants import ScoreVariantsConfig, score_vcf
+
+from . import store_packaged_config
 
 
 def run(cfg: DictConfig | dict) -> dict:
     return score_vcf(config_from(ScoreVariantsConfig, cfg))
 
 
-# conf/ also holds pretraining's `model/` config group, and Hydra reads `model=...` as a choice in that
-# group whenever the group is on the search path. Here `model` is the export directory, so
-# conf/score_variants.yaml is registered in Hydra's ConfigStore and the search path leaves conf/ out.
-_YAML = importlib.resources.files("dnamamba.conf").joinpath("score_variants.yaml").read_text()
-ConfigStore.instance().store(name="score_variants", node=OmegaConf.create(_YAML))
+store_packaged_config("score_variants")
 
 
 @hydra.main(config_path=None, config_name="score_variants", version_base="1.3")

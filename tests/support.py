@@ -1,14 +1,23 @@
 """Paths and config helpers shared by the tests (imported as `support`; tests/ is on sys.path)."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
+
+from dnamamba.model import MambaConfig, MambaLM
 
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
+FIXTURES = REPO / "tests" / "fixtures"
+VCF_FIXTURES = FIXTURES / "vcf"
 SHARED_DATA = REPO.parent / "shared" / "data"
+LAMBDA = "gi|9626243|ref|NC_001416.1|"  # the record name of the bundled lambda phage genome
 
 
 def shared_file(name: str) -> Path:
@@ -32,3 +41,18 @@ def compose_config(name: str, overrides: list[str]):
     """Compose conf/<name>.yaml with overrides, as the CLI would."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name=name, overrides=overrides)
+
+
+def tiny_model(seed: int = 0) -> MambaLM:
+    """A random-init model (d_model 32, 2 layers): scores mean nothing, but every code path runs."""
+    torch.manual_seed(seed)
+    return MambaLM(MambaConfig(d_model=32, n_layer=2, d_state=8)).eval()
+
+
+def run_cli(command: str, cwd: Path, *overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`dnamamba COMMAND overrides...` in a subprocess, run from `cwd` (created)."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    # One intra-op thread: small forward passes stall behind a spinning thread team on a busy machine.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "dnamamba.cli", command, *overrides], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout, env=env)

@@ -5,20 +5,7 @@ import pytest
 
 from dnamamba.data.fasta import demo_genome_path
 
-REPO = Path(__file__).resolve().parents[2]
-FIXTURES = REPO / "tests" / "fixtures"
-SHARED_DATA = REPO.parent / "shared" / "data"
-
-
-@pytest.fixture(scope="session")
-def session_cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("dnamamba_cache")
-
-
-@pytest.fixture(autouse=True)
-def _cache_in_tmp(monkeypatch, session_cache):
-    # Tests never write to the user's ~/.cache; one cache for the session keeps repeated opens cheap.
-    monkeypatch.setenv("DNAMAMBA_CACHE", str(session_cache))
+from support import FIXTURES, shared_file
 
 
 @pytest.fixture(scope="session")
@@ -48,12 +35,7 @@ def n_fixture() -> Path:
 @pytest.fixture
 def shared():
     """shared(name): a file of <repo>/../shared/data, or skip when it is not there."""
-    def get(name: str) -> Path:
-        path = SHARED_DATA / name
-        if not path.exists():
-            pytest.skip(f"{name} not found in {SHARED_DATA}")
-        return path
-    return get
+    return shared_file
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from inference_helpers import tiny_model
+from support import tiny_model
 
 from dnamamba.data.fasta import FastaFile, demo_genome_path
 from dnamamba.model import save_export

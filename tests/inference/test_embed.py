@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 import pytest
-from inference_helpers import LAMBDA, tiny_model
+from support import LAMBDA, tiny_model
 from safetensors import safe_open
 
 from dnamamba import alphabet

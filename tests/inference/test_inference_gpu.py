@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from inference_helpers import LAMBDA, VCF_FIXTURES, tiny_model
+from support import LAMBDA, VCF_FIXTURES, tiny_model
 
 from dnamamba import alphabet
 from dnamamba.inference.embed import embed_tokens

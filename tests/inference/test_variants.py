@@ -17,7 +17,7 @@ from dnamamba.inference.variants import (ScoreVariantsConfig, Window, allele_win
                                          match_case, plan_record, score_vcf, score_windows,
                                          shared_prefix_log_likelihoods, window_log_likelihoods, window_span)
 
-from inference_helpers import LAMBDA, VCF_FIXTURES, shared_file, tiny_model
+from support import LAMBDA, VCF_FIXTURES, shared_file, tiny_model
 
 # Status of each allele of tests/fixtures/vcf/lambda_variants.vcf, in file order.
 LAMBDA_STATUSES = [

@@ -4,27 +4,22 @@ from __future__ import annotations
 import dataclasses
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from omegaconf import OmegaConf
 
 from dnamamba.data.fasta import demo_genome_path
 from dnamamba.inference.embed import EmbedConfig
-from dnamamba.model import MambaConfig, MambaLM, save_export
+from dnamamba.model import save_export
+from support import LAMBDA, REPO, run_cli, tiny_model
 
-REPO = Path(__file__).resolve().parents[2]
-LAMBDA = "gi|9626243|ref|NC_001416.1|"
 
 
 @pytest.fixture(scope="module")
 def export(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    model = MambaLM(MambaConfig(d_model=32, n_layer=2, d_state=8))
-    return save_export(model, tmp_path_factory.mktemp("cli") / "export")
+    return save_export(tiny_model(), tmp_path_factory.mktemp("cli") / "export")
 
 
 @pytest.fixture
@@ -35,11 +30,7 @@ def bed(tmp_path) -> Path:
 
 
 def embed(cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
-    cwd.mkdir(exist_ok=True)
-    # One intra-op thread: small forward passes stall behind a spinning thread team on a busy machine.
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "dnamamba.cli", "embed", "device=cpu", *overrides],
-                          cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+    return run_cli("embed", cwd, "device=cpu", *overrides)
 
 
 def test_yaml_and_schema_have_the_same_keys():

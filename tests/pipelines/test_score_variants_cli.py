@@ -4,36 +4,27 @@ from __future__ import annotations
 import dataclasses
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pysam
 import pytest
-import torch
 from omegaconf import OmegaConf
 
 from dnamamba.data.fasta import demo_genome_path
 from dnamamba.inference.variants import ScoreVariantsConfig
-from dnamamba.model import MambaConfig, MambaLM, save_export
+from dnamamba.model import save_export
+from support import LAMBDA, REPO, VCF_FIXTURES, run_cli, tiny_model
 
-REPO = Path(__file__).resolve().parents[2]
-FIXTURES = REPO / "tests" / "fixtures" / "vcf"
-LAMBDA = "gi|9626243|ref|NC_001416.1|"
+FIXTURES = VCF_FIXTURES
 
 
 @pytest.fixture(scope="module")
 def export(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    model = MambaLM(MambaConfig(d_model=32, n_layer=2, d_state=8))
-    return save_export(model, tmp_path_factory.mktemp("cli") / "export")
+    return save_export(tiny_model(), tmp_path_factory.mktemp("cli") / "export")
 
 
 def score_variants(cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
-    cwd.mkdir(exist_ok=True)
-    # One intra-op thread: small forward passes stall behind a spinning thread team on a busy machine.
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "dnamamba.cli", "score-variants", "device=cpu", *overrides],
-                          cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+    return run_cli("score-variants", cwd, "device=cpu", *overrides)
 
 
 def test_yaml_and_schema_have_the_same_keys():

@@ -33,9 +33,26 @@ def require_file(path: str | os.PathLike, what: str = "file") -> str:
 
 
 def exit_on_input_error(fn, *args, **kwargs):
-    """Call `fn`; an InputError becomes one line on stderr and exit status 2, never a traceback."""
+    """Call `fn`; an InputError becomes one line on stderr and exit status 2, never a traceback.
+
+    Libraries that call user code (Hydra's instantiate, Lightning's hooks) wrap its exceptions, so the
+    InputError is also looked for along the chain of causes.
+    """
     try:
         return fn(*args, **kwargs)
-    except InputError as e:
-        print(f"dnamamba: error: {e}", file=sys.stderr)
+    except Exception as e:
+        cause = _input_error_in_chain(e)
+        if cause is None:
+            raise
+        print(f"dnamamba: error: {cause}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _input_error_in_chain(e: BaseException | None) -> InputError | None:
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, InputError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None

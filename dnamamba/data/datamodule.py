@@ -1,7 +1,8 @@
 """Lightning data module: windows over a FASTA (optionally restricted to BED intervals), split into
 training and validation, served as batches of `{"tokens": (B, L) long, "loss_weight": (B, L) float32}`.
 
-Validation is either whole records (`val_records`) or the tail of every record (`val_fraction`):
+Validation is either whole records (`val_records`) or the tail of every record (`val_bases` bases, or
+else the fraction `val_fraction`):
 training windows lie entirely before the held-out tail, and validation windows tile it with
 stride = seq_len, the last one short and padded, so each held-out base is scored exactly once.
 """
@@ -20,7 +21,8 @@ from torch.utils.data import DataLoader
 from dnamamba.data.bed import read_bed
 from dnamamba.data.fasta import FastaFile, demo_genome_path
 from dnamamba.data.windows import (SOFT_MASK_MODES, Window, WindowDataset, filter_n, merge_regions,
-                                   record_regions, split_by_fraction, split_by_records, tile_all)
+                                   record_regions, split_at, split_by_fraction, split_by_records,
+                                   tile_all)
 from dnamamba.errors import InputError
 
 
@@ -31,8 +33,9 @@ class DataConfig:
     fasta: FASTA path (plain, gzip or bgzip); None is the packaged lambda phage genome.
     records: record names to use (None: all). bed: BED file; when given, only its intervals are tiled.
     seq_len: window length in bases. stride: step between training windows (None: seq_len).
-    val_records: records held out whole for validation. val_fraction: when val_records is None, the
-        fraction of each record held out at its end.
+    val_records: records held out whole for validation. val_bases: when val_records is None, the number
+        of bases held out at the end of each record. val_fraction: when both are None, the fraction of
+        each record held out at its end.
     max_n_fraction: windows with a larger fraction of non-ACGT bases are skipped.
     rc_prob: probability of reverse-complementing a training window.
     soft_mask / soft_mask_weight: "keep", "upper" or "weight" (see WindowDataset).
@@ -45,6 +48,7 @@ class DataConfig:
     stride: int | None = None
     val_records: list[str] | None = None
     val_fraction: float = 0.1
+    val_bases: int | None = None
     max_n_fraction: float = 0.5
     rc_prob: float = 0.0
     soft_mask: str = "keep"
@@ -66,6 +70,8 @@ class DataConfig:
             raise bad("stride", "must be positive (or null for seq_len)")
         if not 0.0 <= self.val_fraction < 1.0:
             raise bad("val_fraction", "must be in [0, 1)")
+        if self.val_bases is not None and self.val_bases < 1:
+            raise bad("val_bases", "must be a positive number of bases (or null to use val_fraction)")
         if not 0.0 <= self.max_n_fraction <= 1.0:
             raise bad("max_n_fraction", "must be in [0, 1]")
         if not 0.0 <= self.rc_prob <= 1.0:
@@ -102,7 +108,7 @@ class FastaDataModule(pl.LightningDataModule):
     def __init__(self, fasta: str | None = None, records: Sequence[str] | None = None,
                  bed: str | None = None, seq_len: int = 512, stride: int | None = None,
                  val_records: Sequence[str] | None = None, val_fraction: float = 0.1,
-                 max_n_fraction: float = 0.5, rc_prob: float = 0.0, soft_mask: str = "keep",
+                 val_bases: int | None = None, max_n_fraction: float = 0.5, rc_prob: float = 0.0, soft_mask: str = "keep",
                  soft_mask_weight: float = 1.0, batch_size: int = 8, val_batch_size: int | None = None,
                  num_workers: int = 0, cache_dir: str | None = None, seed: int = 0):
         super().__init__()
@@ -110,7 +116,8 @@ class FastaDataModule(pl.LightningDataModule):
             fasta=None if fasta is None else os.fspath(fasta), records=_names(records),
             bed=None if bed is None else os.fspath(bed), seq_len=int(seq_len),
             stride=None if stride is None else int(stride), val_records=_names(val_records),
-            val_fraction=float(val_fraction), max_n_fraction=float(max_n_fraction),
+            val_fraction=float(val_fraction), val_bases=None if val_bases is None else int(val_bases),
+            max_n_fraction=float(max_n_fraction),
             rc_prob=float(rc_prob), soft_mask=str(soft_mask), soft_mask_weight=float(soft_mask_weight),
             batch_size=int(batch_size), val_batch_size=None if val_batch_size is None else int(val_batch_size),
             num_workers=int(num_workers), cache_dir=None if cache_dir is None else os.fspath(cache_dir),
@@ -151,14 +158,19 @@ class FastaDataModule(pl.LightningDataModule):
 
         if cfg.val_records:
             train_regions, val_regions = split_by_records(regions, cfg.val_records)
-        elif cfg.val_fraction > 0:
-            train_regions, val_regions = split_by_fraction(regions, fasta.lengths, cfg.val_fraction)
+        elif cfg.val_bases is not None or cfg.val_fraction > 0:
+            if cfg.val_bases is not None:
+                setting = f"data.val_bases={cfg.val_bases}"
+                cuts = {name: max(0, n - cfg.val_bases) for name, n in fasta.lengths.items()}
+                train_regions, val_regions = split_at(regions, cuts)
+            else:
+                setting = f"data.val_fraction={cfg.val_fraction}"
+                train_regions, val_regions = split_by_fraction(regions, fasta.lengths, cfg.val_fraction)
             longest = max((r.length for r in val_regions), default=0)
             if cfg.bed is None and longest < cfg.seq_len:
-                raise InputError(self.fasta_path, f"the held-out tail (data.val_fraction={cfg.val_fraction}) "
-                                                  f"is at most {longest} bases, shorter than one window "
-                                                  f"(data.seq_len={cfg.seq_len}); raise val_fraction, lower "
-                                                  f"seq_len or set data.val_records")
+                raise InputError(self.fasta_path, f"the held-out tail ({setting}) is at most {longest} bases, "
+                                                  f"shorter than one window (data.seq_len={cfg.seq_len}); hold out "
+                                                  f"more, lower seq_len or set data.val_records")
         else:
             train_regions, val_regions = regions, []
 

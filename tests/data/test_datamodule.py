@@ -179,3 +179,16 @@ def test_numeric_record_names_from_hydra_and_no_validation(make_fasta, lambda_se
     none.setup()
     assert none.val_windows == [] and list(none.val_dataloader()) == []
     assert max(w.end for w in none.train_windows) == 6000
+
+
+def test_val_bases_holds_out_a_fixed_tail():
+    dm = load("lambda", val_bases=3000, seq_len=256)
+    dm.setup("fit")
+    cut = 48502 - 3000
+    assert max(w.end for w in dm.train_windows) == cut  # training stops exactly where the tail starts
+    assert min(w.start for w in dm.val_windows) == cut
+    assert sum(w.length for w in dm.val_windows) == 3000  # every held-out base once
+    with pytest.raises(InputError, match="val_bases=100"):
+        load("lambda", val_bases=100, seq_len=256).setup("fit")
+    with pytest.raises(InputError, match="val_bases"):
+        FastaDataModule(val_bases=0)

@@ -79,14 +79,17 @@ def test_cli_contract(tmp_path):
     assert not (tmp_path / "outputs").exists()
 
 
-def test_cli_bad_fasta_is_one_line(tmp_path):
-    cmd = [sys.executable, "-m", "dnamamba.cli", "pretrain", f"data.fasta={tmp_path / 'missing.fa'}",
-           f"run_dir={tmp_path / 'r'}"]
+@pytest.mark.parametrize("override, expected", [
+    ("data.fasta={tmp}/missing.fa", "missing.fa"),
+    ("data.seq_len=0", "data.seq_len=0"),  # raised inside Hydra's instantiate, which wraps it
+])
+def test_cli_bad_input_is_one_line(tmp_path, override, expected):
+    cmd = [sys.executable, "-m", "dnamamba.cli", "pretrain", override.format(tmp=tmp_path), f"run_dir={tmp_path / 'r'}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     lines = [l for l in proc.stderr.splitlines() if l.startswith("dnamamba: error")]
-    assert len(lines) == 1 and "missing.fa" in lines[0]
+    assert len(lines) == 1 and expected in lines[0]
     assert not (tmp_path / "r" / "export").exists()
 
 

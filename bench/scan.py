@@ -8,7 +8,7 @@ triton.testing.do_bench, and the extra peak memory of one forward+backward over 
 allocated. Layouts are transposed for mamba_ssm (channels first) outside the timed region. At
 L = 2^20 it also reports ||ours - mamba|| / ||mamba|| for the output and every gradient, the time of
 each kernel (torch.profiler) and a few launch-shape variants. Imports only torch, triton and
-dnamamba_kernels.
+dnamamba_kernels. `--bwd-modes` instead compares the two backward modes (ScanConfig.bwd_mode) in one process.
 """
 from __future__ import annotations
 
@@ -144,6 +144,117 @@ def diag_reverse_scan():
               {k: float(f"{(got[k] - ref[k]).abs().max().item():.2e}") for k in ref}, flush=True)
 
 
+# --bwd-modes: the committed configuration (tile backward, earlier `unit` form), then the tile and seq
+# backward modes with the current form; then launch variants of "seq" at L=2^20
+MODE_CONFIGS = {"tile_mul": dict(bwd_mode="tile", unit_add=False), "tile": dict(bwd_mode="tile"),
+                "seq": dict(bwd_mode="seq")}
+BWD_VARIANTS = [dict(bwd_mode="seq", seq_piece=16), dict(bwd_mode="seq", sub=64), dict(bwd_mode="seq", seq_piece=32),
+                dict(bwd_mode="seq", seq_block_d=64, seq_warps=2, seq_programs_per_sm=4),
+                dict(bwd_mode="seq", seq_block_d=128, seq_warps=4, seq_programs_per_sm=2)]
+
+
+def check_float64(cfg):
+    """Max |error| of the output and every gradient against the float64 reference, at the shapes of
+    tests/kernels/test_gpu.py, with mamba_ssm's tolerances; returns {case: {tensor: error} | failure text}."""
+    from dnamamba_kernels import selective_scan_ref
+
+    tol = {torch.float32: dict(rtol=6e-4, atol=2e-3), torch.bfloat16: dict(rtol=3e-2, atol=5e-2)}
+    cases = [(2, 2049, 96, 2, torch.float32, None), (1, 2048, 200, 1, torch.bfloat16, None),
+             (1, 3000, 64, 1, torch.float32, [0, 700, 701, 2500, 3000])]
+    report = {}
+    for batch, L, dim, G, dtype, cu in cases:
+        g = torch.Generator(device="cuda").manual_seed(L)
+
+        def rand(*shape, scale=1.0):
+            return torch.randn(*shape, device="cuda", generator=g) * scale
+
+        nstate = len(cu) - 1 if cu else batch
+        x = dict(u=rand(batch, L, dim).to(dtype), delta=rand(batch, L, dim, scale=0.5).to(dtype),
+                 A=-(torch.rand(dim, 16, device="cuda", generator=g) * 2 + 0.1), B=rand(batch, L, G, 16).to(dtype),
+                 C=rand(batch, L, G, 16).to(dtype), D=rand(dim), z=rand(batch, L, dim).to(dtype),
+                 delta_bias=rand(dim, scale=0.3), initial_state=rand(nstate, dim, 16))
+        gy = rand(batch, L, dim).to(dtype).float()  # the output gradient as the kernels receive it
+        gf = rand(nstate, dim, 16)
+        cu_t = torch.tensor(cu, device="cuda", dtype=torch.int32) if cu else None
+
+        def run(fn, dt=None):
+            leaves = {k: (v if dt is None else v.to(dt)).detach().clone().requires_grad_() for k, v in x.items()}
+            y, f = fn(leaves["u"], leaves["delta"], leaves["A"], leaves["B"], leaves["C"], D=leaves["D"],
+                      z=leaves["z"], delta_bias=leaves["delta_bias"], delta_softplus=True,
+                      initial_state=leaves["initial_state"], return_final_state=True, cu_seqlens=cu_t)
+            ((y.double() * gy.double()).sum() + (f.double() * gf.double()).sum()).backward()
+            return {"out": y, "final": f, **{k: v.grad for k, v in leaves.items()}}
+
+        got = run(lambda *a, **k: selective_scan_triton(*a, config=cfg, **k))
+        ref = run(selective_scan_ref, torch.float64)
+        name = f"{batch}x{L}x{dim} G={G} {str(dtype)[6:]}" + (" packed" if cu else "")
+        t = tol[torch.float32] if cu else tol[dtype]
+        try:
+            for k in ref:
+                torch.testing.assert_close(got[k].double(), ref[k], **t, msg=lambda m, k=k: f"{k}: {m}")
+            report[name] = {k: float(f"{(got[k].double() - ref[k]).abs().max().item():.2e}") for k in ref}
+        except AssertionError as e:
+            report[name] = "FAILED " + str(e)[:400]
+        print(name, report[name], flush=True)
+    return report
+
+
+def bwd_modes(out_path: Path, rep: int):
+    """The backward modes (and a few launch variants of "seq") in one process, without mamba_ssm. Most
+    important first, saved after every measurement, so a run cut short keeps what it measured."""
+    res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+           "configs": {k: repr(ScanConfig(**v)) for k, v in MODE_CONFIGS.items()}, "rows": []}
+
+    def save():
+        out_path.write_text(json.dumps(res, indent=1) + "\n")
+
+    def modes(batch, L):
+        x = make_inputs(batch, L)
+        for name, kw in MODE_CONFIGS.items():
+            cfg = ScanConfig(**kw)
+            fwd, fb, peak, g, _ = measure(runner("triton", x, None, cfg), x, rep=rep)
+            del g
+            res["rows"].append(dict(mode=name, batch=batch, seqlen=L, config=repr(cfg.resolve(batch, L, DIM)),
+                                    fwd_ms=round(fwd, 3), fwdbwd_ms=round(fb, 3), peak_extra_gb=round(peak, 3)))
+            print(json.dumps(res["rows"][-1]), flush=True)
+            save()
+        return x
+
+    x = modes(1, 2 ** 20)
+    # measure() draws its own output gradient per call: compare the modes on one gradient instead
+    leaves = {m: {k: v.detach().clone().requires_grad_(True) for k, v in x.items()} for m in ("tile", "seq")}
+    gy = None
+    for m in ("tile", "seq"):
+        y = runner("triton", x, None, ScanConfig(**MODE_CONFIGS[m]))(**leaves[m])
+        gy = torch.randn_like(y) if gy is None else gy
+        y.backward(gy)
+    res["rel_error_seq_vs_tile_at_2^20"] = {
+        k: float(f"{rel(leaves['seq'][k].grad, leaves['tile'][k].grad):.3e}") for k in x}
+    print("seq vs tile at 2^20:", res["rel_error_seq_vs_tile_at_2^20"], flush=True)
+    del leaves, y, gy
+    torch.cuda.empty_cache()
+    save()
+    res["check_float64_seq"] = check_float64(ScanConfig(bwd_mode="seq"))
+    save()
+    res["kernel_ms_seq_at_2^20"] = kernel_times(runner("triton", x, None, ScanConfig(bwd_mode="seq")), x)
+    print("kernel times (seq):", json.dumps(res["kernel_ms_seq_at_2^20"]), flush=True)
+    save()
+    del x
+    torch.cuda.empty_cache()
+    modes(8, 4096)
+    torch.cuda.empty_cache()
+    x = make_inputs(1, 2 ** 20)
+    var = []
+    res["seq_variants_at_2^20"] = var
+    for kw in BWD_VARIANTS:
+        c = ScanConfig(**kw)
+        fwd, fb, peak, g, _ = measure(runner("triton", x, None, c), x, rep=rep)
+        var.append(dict(config=repr(c), fwd_ms=round(fwd, 3), fwdbwd_ms=round(fb, 3), peak_extra_gb=round(peak, 3)))
+        print(json.dumps(var[-1]), flush=True)
+        del g
+        save()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--anchors", default="../shared/anchors")
@@ -152,7 +263,16 @@ def main():
     ap.add_argument("--variants", action="store_true", help="also time launch-shape variants at L=2^20")
     ap.add_argument("--no-mamba", action="store_true")
     ap.add_argument("--diag", action="store_true", help="compare the two reverse-scan forms against float64 first")
+    ap.add_argument("--bwd-modes", action="store_true",
+                    help="only compare the backward modes (tile, seq and variants of seq), without mamba_ssm; "
+                         "writes scan_bwd_modes_h200.json")
+    ap.add_argument("--rep", type=int, default=200, help="do_bench time budget per measurement, ms")
     args = ap.parse_args()
+    if args.bwd_modes:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        bwd_modes(out / "scan_bwd_modes_h200.json", args.rep)
+        return
     if args.diag:
         diag_reverse_scan()
     out = Path(args.out)

@@ -21,10 +21,18 @@ Backward, four launches, nothing of shape (batch, seqlen, dim, dstate):
      `sub` steps (seqlen/sub checkpoints), and the chunk's local adjoint
      sum_t (prod_{r<=t} dA_r) C_t dy_t, computed forwards with a running product (no division).
   2. `_carry_kernel` in reverse: the adjoint at every chunk end.
-  3. `_bwd_out_kernel`: per sub-tile of `sub` steps (last to first) and per state n: a forward
+  3. One of two kernels, chosen by `ScanConfig.bwd_mode`:
+     "tile", `_bwd_out_kernel`: per sub-tile of `sub` steps (last to first) and per state n: a forward
      associative scan rebuilds h inside the tile from its checkpoint, a reverse scan gives the
      adjoint, and every gradient is formed. dB and dC are summed over the block's channels and added
      atomically; dA, dD and d(delta_bias) go to per-chunk partial sums reduced afterwards.
+     "seq", `_bwd_seq_kernel`: time stays inside each thread, as in the forward. Persistent programs
+     each own a scratch slot. For each sub-tile, last to first, a program replays the forward from the
+     checkpoint, once to keep the state entering each piece of `seq_piece` steps, then per piece
+     (last to first) again to keep every step's state in the slot. It then walks the piece backwards
+     with the adjoint mu_t = a_{t+1} mu_{t+1} + C_t gy_t in registers. dB and dC are summed over the
+     program's channels each step and added atomically (one add per state from each channel block);
+     the partial sums are as in "tile".
 
 Packed sequences (`cu_seqlens`) use a per-step sequence index: at a sequence start the state is
 replaced by that sequence's initial state (or zeros) and a chunk containing a start passes no state
@@ -51,6 +59,11 @@ DEFAULT_WARPS = 4
 DEFAULT_BWD_BLOCK_D = 16
 DEFAULT_BWD_WARPS = 1
 DEFAULT_CARRY_BLOCK = 512
+DEFAULT_BWD_MODE = "tile"
+DEFAULT_SEQ_BLOCK_D = 32
+DEFAULT_SEQ_WARPS = 1
+DEFAULT_SEQ_PROGRAMS_PER_SM = 8
+DEFAULT_SEQ_PIECE = 8
 
 
 # The scan combine functions are always compiled-mode JITFunctions: the interpreter calls their
@@ -79,13 +92,16 @@ def _chunk_end_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, seq_ptr, h0_ptr, he
                       L, D, G, nchunks, unit,
                       N: tl.constexpr, CHUNK: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, HAS_BIAS: tl.constexpr,
                       SOFTPLUS: tl.constexpr, PACKED: tl.constexpr, HAS_H0: tl.constexpr,
-                      ONE_GROUP: tl.constexpr):
+                      ONE_GROUP: tl.constexpr, UNIT_ADD: tl.constexpr):
     pid_c = tl.program_id(0)
     pid_d = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
     d = pid_d * BD + tl.arange(0, BD)  # (BD,)
     n = tl.arange(0, NP)  # (NP,)
-    dl = d * unit  # the same channels; see the note on `unit` above _COMPILED
+    if UNIT_ADD:
+        dl = d + (unit - 1)  # the same channels; see the note on `unit` above _COMPILED
+    else:
+        dl = d * unit
     dmask = d < D
     m2 = (n < N)[:, None] & dmask[None, :]  # (NP, BD)
     A2 = tl.load(A_ptr + n[:, None] * D + dl[None, :], mask=m2, other=0.0) * 1.4426950408889634
@@ -187,13 +203,16 @@ def _chunk_out_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
                       L, D, G, nchunks, unit,
                       N: tl.constexpr, CHUNK: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, HAS_D: tl.constexpr,
                       HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, PACKED: tl.constexpr,
-                      HAS_H0: tl.constexpr, ONE_GROUP: tl.constexpr):
+                      HAS_H0: tl.constexpr, ONE_GROUP: tl.constexpr, UNIT_ADD: tl.constexpr):
     pid_c = tl.program_id(0)
     pid_d = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
     d = pid_d * BD + tl.arange(0, BD)  # (BD,)
     n = tl.arange(0, NP)  # (NP,)
-    dl = d * unit  # the same channels; see the note on `unit` above _COMPILED
+    if UNIT_ADD:
+        dl = d + (unit - 1)  # the same channels; see the note on `unit` above _COMPILED
+    else:
+        dl = d * unit
     dmask = d < D
     nmask = n < N
     m2 = nmask[:, None] & dmask[None, :]  # (NP, BD)
@@ -294,13 +313,17 @@ def _bwd_chunk_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, z_ptr, bias_ptr, gout_
                       L, D, G, nchunks, unit, nsub,
                       N: tl.constexpr, CHUNK: tl.constexpr, SUB: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr,
                       HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, PACKED: tl.constexpr,
-                      HAS_H0: tl.constexpr, HAS_GFIN: tl.constexpr, ONE_GROUP: tl.constexpr):
+                      HAS_H0: tl.constexpr, HAS_GFIN: tl.constexpr, ONE_GROUP: tl.constexpr,
+                      UNIT_ADD: tl.constexpr):
     pid_c = tl.program_id(0)
     pid_d = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
     d = pid_d * BD + tl.arange(0, BD)
     n = tl.arange(0, NP)
-    dl = d * unit  # the same channels; see the note on `unit` above _COMPILED
+    if UNIT_ADD:
+        dl = d + (unit - 1)  # the same channels; see the note on `unit` above _COMPILED
+    else:
+        dl = d * unit
     dmask = d < D
     nmask = n < N
     m2 = nmask[:, None] & dmask[None, :]
@@ -551,13 +574,323 @@ def _bwd_out_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
         tl.store(gbias_ptr + part, gb_acc, mask=dmask)
 
 
-_UNIT_KERNELS = ("_chunk_end_kernel", "_chunk_out_kernel", "_bwd_chunk_kernel")
+
+def _add_pair(a0, b0, a1, b1):
+    return a0 + a1, b0 + b1
+
+
+_add_pair = JITFunction(_add_pair)
+
+
+def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, gout_ptr, seq_ptr, h0_ptr, gfin_ptr,
+                    hsub_ptr, nu_ptr, scratch_ptr,
+                    gu_ptr, gdt_ptr, gz_ptr, gB_ptr, gC_ptr, gA_ptr, gD_ptr, gbias_ptr, gh0_ptr,
+                    L, D, G, nchunks, nsub, ndblk, nwork, nprog, unit,
+                    N: tl.constexpr, CHUNK: tl.constexpr, SUB: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr,
+                    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                    PACKED: tl.constexpr, HAS_H0: tl.constexpr, HAS_GFIN: tl.constexpr, ONE_GROUP: tl.constexpr,
+                    PIECE: tl.constexpr, TWO_LEVEL: tl.constexpr, UNIT_ADD: tl.constexpr):
+    # Persistent: program `pid` owns scratch slot `pid` and takes work items pid, pid + nprog, ...; an item
+    # is (channel block, chunk, batch), channel block fastest so programs running together share B/C rows.
+    pid = tl.program_id(0)
+    n = tl.arange(0, NP)  # (NP,)
+    nmask = n < N
+    # The slot holds the states after each step of one piece of PIECE steps, then (TWO_LEVEL) the states
+    # entering each piece of the current sub-chunk
+    slot = pid.to(tl.int64) * ((PIECE + SUB // PIECE) * NP * BD)
+    mids = slot + PIECE * NP * BD
+    # (NP, BD) offsets inside one step of the slot; through `unit` like the state tiles, so that the
+    # compiler keeps each channel's states in one thread
+    if UNIT_ADD:
+        sc = n[:, None] * BD + (tl.arange(0, BD) + (unit - 1))[None, :]
+    else:
+        sc = n[:, None] * BD + (tl.arange(0, BD) * unit)[None, :]
+    dpg = D // G
+    for w in range(pid, nwork, nprog):
+        pid_d = w % ndblk
+        pid_c = (w // ndblk) % nchunks
+        pid_b = (w // (ndblk * nchunks)).to(tl.int64)
+        d = pid_d * BD + tl.arange(0, BD)  # (BD,)
+        if UNIT_ADD:
+            dl = d + (unit - 1)
+        else:
+            dl = d * unit
+        dmask = d < D
+        m2 = nmask[:, None] & dmask[None, :]  # (NP, BD)
+        tile = n[:, None] * D + dl[None, :]  # (NP, BD) offsets inside one (N, D) slab
+        A2 = tl.load(A_ptr + tile, mask=m2, other=0.0) * 1.4426950408889634
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + d, mask=dmask, other=0.0)
+        if HAS_D:
+            Dv = tl.load(D_ptr + d, mask=dmask, other=0.0)
+        if ONE_GROUP:
+            g0 = (pid_d * BD) // dpg
+            bc0 = g0 * N + n  # (NP,)
+            bmask = nmask
+        else:
+            bc0 = (d[None, :] // dpg) * N + n[:, None]  # (NP, BD)
+            bmask = m2
+        t0 = pid_c * CHUNK
+        t1 = tl.minimum(t0 + CHUNK, L)
+        st = (pid_b * nchunks + pid_c) * N * D
+        mu = tl.load(nu_ptr + st + tile, mask=m2, other=0.0)  # (NP, BD): the adjoint flowing in from later chunks
+        # The decay of the step after the current one is recomputed from that step's delta (0 past the
+        # chunk end: nu already carries what comes after) instead of being kept: a (BD,) vector, not (NP, BD).
+        dt_next = tl.full((BD,), 0.0, tl.float32)
+        keep_next = tl.full((BD,), 1.0, tl.float32)  # 0 where the next step starts a packed sequence
+        gA_acc = tl.full((NP, BD), 0.0, tl.float32)
+        gD_acc = tl.full((BD,), 0.0, tl.float32)
+        gb_acc = tl.full((BD,), 0.0, tl.float32)
+        nsc = (t1 - t0 + SUB - 1) // SUB
+        for k in range(nsc):
+            ts0 = t0 + (nsc - 1 - k) * SUB
+            ts1 = tl.minimum(ts0 + SUB, t1)
+            h = tl.load(hsub_ptr + (pid_b * nsub + ts0 // SUB) * N * D + tile, mask=m2, other=0.0)
+            if TWO_LEVEL:
+                # Forward over the whole sub-chunk once, keeping only the state entering each piece, so that
+                # the per-step states live for one piece only: a slot small enough to stay in cache
+                slast = ts1 - 1
+                ud = (pid_b * L + ts0) * D + d
+                bc = (pid_b * L + ts0) * (G * N) + bc0
+                dt_a = tl.load(dt_ptr + ud, mask=dmask, other=0.0)
+                u_a = tl.load(u_ptr + ud, mask=dmask, other=0.0)
+                B_a = tl.load(B_ptr + bc, mask=bmask, other=0.0)
+                t_b = tl.minimum(ts0 + 1, slast)
+                ud = (pid_b * L + t_b) * D + d
+                bc = (pid_b * L + t_b) * (G * N) + bc0
+                dt_b = tl.load(dt_ptr + ud, mask=dmask, other=0.0)
+                u_b = tl.load(u_ptr + ud, mask=dmask, other=0.0)
+                B_b = tl.load(B_ptr + bc, mask=bmask, other=0.0)
+                for t in tl.range(ts0, ts1, loop_unroll_factor=2):
+                    t_c = tl.minimum(t + 2, slast)
+                    ud = (pid_b * L + t_c) * D + d
+                    bc = (pid_b * L + t_c) * (G * N) + bc0
+                    dt_c = tl.load(dt_ptr + ud, mask=dmask, other=0.0)
+                    u_c = tl.load(u_ptr + ud, mask=dmask, other=0.0)
+                    B_c = tl.load(B_ptr + bc, mask=bmask, other=0.0)
+                    if (t - ts0) % PIECE == 0:
+                        tl.store(scratch_ptr + mids + ((t - ts0) // PIECE) * (NP * BD) + sc, h, mask=m2)
+                    dt = dt_a.to(tl.float32)
+                    if HAS_BIAS:
+                        dt += bias
+                    if SOFTPLUS:
+                        dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
+                    if ONE_GROUP:
+                        Bt = B_a.to(tl.float32)[:, None]
+                    else:
+                        Bt = B_a.to(tl.float32)
+                    if PACKED:
+                        s = tl.load(seq_ptr + t)
+                        s_prev = tl.where(t > 0, tl.load(seq_ptr + tl.maximum(t - 1, 0)), -1)
+                        start = s != s_prev
+                        if HAS_H0:
+                            hs = tl.load(h0_ptr + s.to(tl.int64) * D * N + d[None, :] * N + n[:, None],
+                                         mask=m2, other=0.0)
+                            h = tl.where(start, hs, h)
+                        else:
+                            h = tl.where(start, 0.0, h)
+                    h = tl.exp2(dt[None, :] * A2) * h + (dt * u_a.to(tl.float32))[None, :] * Bt
+                    dt_a = dt_b
+                    u_a = u_b
+                    B_a = B_b
+                    dt_b = dt_c
+                    u_b = u_c
+                    B_b = B_c
+                tl.debug_barrier()
+            npieces = (ts1 - ts0 + PIECE - 1) // PIECE
+            for q in range(npieces):
+                ps0 = ts0 + (npieces - 1 - q) * PIECE
+                ps1 = tl.minimum(ps0 + PIECE, ts1)
+                last = ps1 - 1
+                if TWO_LEVEL:
+                    h = tl.load(scratch_ptr + mids + (ps0 - ts0) // PIECE * (NP * BD) + sc, mask=m2, other=0.0)
+                # Forward over the piece from its entering state; the state after each step goes to the slot.
+                # Two-step software pipeline as in _chunk_end_kernel.
+                ud = (pid_b * L + ps0) * D + d
+                bc = (pid_b * L + ps0) * (G * N) + bc0
+                dt_a = tl.load(dt_ptr + ud, mask=dmask, other=0.0)
+                u_a = tl.load(u_ptr + ud, mask=dmask, other=0.0)
+                B_a = tl.load(B_ptr + bc, mask=bmask, other=0.0)
+                t_b = tl.minimum(ps0 + 1, last)
+                ud = (pid_b * L + t_b) * D + d
+                bc = (pid_b * L + t_b) * (G * N) + bc0
+                dt_b = tl.load(dt_ptr + ud, mask=dmask, other=0.0)
+                u_b = tl.load(u_ptr + ud, mask=dmask, other=0.0)
+                B_b = tl.load(B_ptr + bc, mask=bmask, other=0.0)
+                for t in tl.range(ps0, ps1, loop_unroll_factor=2):
+                    t_c = tl.minimum(t + 2, last)
+                    ud = (pid_b * L + t_c) * D + d
+                    bc = (pid_b * L + t_c) * (G * N) + bc0
+                    dt_c = tl.load(dt_ptr + ud, mask=dmask, other=0.0)
+                    u_c = tl.load(u_ptr + ud, mask=dmask, other=0.0)
+                    B_c = tl.load(B_ptr + bc, mask=bmask, other=0.0)
+                    dt = dt_a.to(tl.float32)
+                    if HAS_BIAS:
+                        dt += bias
+                    if SOFTPLUS:
+                        dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
+                    if ONE_GROUP:
+                        Bt = B_a.to(tl.float32)[:, None]
+                    else:
+                        Bt = B_a.to(tl.float32)
+                    if PACKED:
+                        s = tl.load(seq_ptr + t)
+                        s_prev = tl.where(t > 0, tl.load(seq_ptr + tl.maximum(t - 1, 0)), -1)
+                        start = s != s_prev
+                        if HAS_H0:
+                            hs = tl.load(h0_ptr + s.to(tl.int64) * D * N + d[None, :] * N + n[:, None],
+                                         mask=m2, other=0.0)
+                            h = tl.where(start, hs, h)
+                        else:
+                            h = tl.where(start, 0.0, h)
+                    h = tl.exp2(dt[None, :] * A2) * h + (dt * u_a.to(tl.float32))[None, :] * Bt
+                    tl.store(scratch_ptr + slot + (t - ps0) * (NP * BD) + sc, h, mask=m2)
+                    dt_a = dt_b
+                    u_a = u_b
+                    B_a = B_b
+                    dt_b = dt_c
+                    u_b = u_c
+                    B_b = B_c
+                # the slot is read back below (and rewritten by the next sub-chunk): order it across threads
+                tl.debug_barrier()
+                # Backward over the same steps, last to first, with the adjoint mu in registers:
+                # mu_t = a_{t+1} mu_{t+1} + C_t gy_t.
+                first = ps0
+                ud = (pid_b * L + last) * D + d
+                bc = (pid_b * L + last) * (G * N) + bc0
+                dt_a = tl.load(dt_ptr + ud, mask=dmask, other=0.0)
+                u_a = tl.load(u_ptr + ud, mask=dmask, other=0.0)
+                g_a = tl.load(gout_ptr + ud, mask=dmask, other=0.0)
+                B_a = tl.load(B_ptr + bc, mask=bmask, other=0.0)
+                C_a = tl.load(C_ptr + bc, mask=bmask, other=0.0)
+                if HAS_Z:
+                    z_a = tl.load(z_ptr + ud, mask=dmask, other=0.0)
+                t_b = tl.maximum(last - 1, first)
+                ud = (pid_b * L + t_b) * D + d
+                bc = (pid_b * L + t_b) * (G * N) + bc0
+                dt_b = tl.load(dt_ptr + ud, mask=dmask, other=0.0)
+                u_b = tl.load(u_ptr + ud, mask=dmask, other=0.0)
+                g_b = tl.load(gout_ptr + ud, mask=dmask, other=0.0)
+                B_b = tl.load(B_ptr + bc, mask=bmask, other=0.0)
+                C_b = tl.load(C_ptr + bc, mask=bmask, other=0.0)
+                if HAS_Z:
+                    z_b = tl.load(z_ptr + ud, mask=dmask, other=0.0)
+                for i in tl.range(0, ps1 - ps0, loop_unroll_factor=1):
+                    t = last - i
+                    t_c = tl.maximum(t - 2, first)
+                    ud = (pid_b * L + t_c) * D + d
+                    bc = (pid_b * L + t_c) * (G * N) + bc0
+                    dt_c = tl.load(dt_ptr + ud, mask=dmask, other=0.0)
+                    u_c = tl.load(u_ptr + ud, mask=dmask, other=0.0)
+                    g_c = tl.load(gout_ptr + ud, mask=dmask, other=0.0)
+                    B_c = tl.load(B_ptr + bc, mask=bmask, other=0.0)
+                    C_c = tl.load(C_ptr + bc, mask=bmask, other=0.0)
+                    if HAS_Z:
+                        z_c = tl.load(z_ptr + ud, mask=dmask, other=0.0)
+                    raw = dt_a.to(tl.float32)
+                    if HAS_BIAS:
+                        raw += bias
+                    if SOFTPLUS:
+                        dt = tl.where(raw <= 20.0, tl.log(1.0 + tl.exp(raw)), raw)
+                    else:
+                        dt = raw
+                    u = u_a.to(tl.float32)
+                    go = g_a.to(tl.float32)
+                    if HAS_Z:
+                        zz = z_a.to(tl.float32)
+                        sig = 1.0 / (1.0 + tl.exp(-zz))
+                        gy = go * zz * sig
+                    else:
+                        gy = go
+                    if ONE_GROUP:
+                        Bt = B_a.to(tl.float32)[:, None]
+                        Ct = C_a.to(tl.float32)[:, None]
+                    else:
+                        Bt = B_a.to(tl.float32)
+                        Ct = C_a.to(tl.float32)
+                    h = tl.load(scratch_ptr + slot + (t - ps0) * (NP * BD) + sc, mask=m2, other=0.0)  # state after t
+                    dtu = dt * u
+                    hx = h - dtu[None, :] * Bt  # a_t h_{t-1}: the decayed previous state (a_t h0 at a sequence start)
+                    c = Ct * gy[None, :]
+                    if PACKED:
+                        s = tl.load(seq_ptr + t)
+                        s_prev = tl.where(t > 0, tl.load(seq_ptr + tl.maximum(t - 1, 0)), -1)
+                        start = s != s_prev
+                        if HAS_GFIN:
+                            s_next = tl.where(t + 1 < L, tl.load(seq_ptr + tl.minimum(t + 1, L - 1)), -1)
+                            gf = tl.load(gfin_ptr + s.to(tl.int64) * D * N + d[None, :] * N + n[:, None],
+                                         mask=m2, other=0.0)
+                            c += tl.where(s != s_next, gf, 0.0)
+                    if PACKED:
+                        mu = (tl.exp2(dt_next[None, :] * A2) * keep_next[None, :]) * mu + c
+                        if HAS_H0:
+                            is_start = tl.full((NP, BD), 1, tl.int32) * start.to(tl.int32)  # the scalar, as a tile mask
+                            tl.store(gh0_ptr + s.to(tl.int64) * D * N + d[None, :] * N + n[:, None],
+                                     tl.exp2(dt[None, :] * A2) * mu, mask=m2 & (is_start > 0))
+                        keep_next = tl.where(start, 0.0, 1.0) + tl.full((BD,), 0.0, tl.float32)  # no adjoint crosses a start
+                    else:
+                        mu = tl.exp2(dt_next[None, :] * A2) * mu + c
+                    dt_next = dt
+                    muh = mu * hx
+                    gA_acc += muh * dt[None, :]
+                    # A2 carries log2(e): the A term is scaled back by ln(2) after the sum over states
+                    gdt = tl.reduce(mu * (u[None, :] * Bt), 0, _add) + tl.reduce(muh * A2, 0, _add) * 0.6931471805599453
+                    gu = dt * tl.reduce(mu * Bt, 0, _add)
+                    y = tl.reduce(Ct * h, 0, _add)
+                    if ONE_GROUP:
+                        gBt, gCt = tl.reduce((mu * dtu[None, :], h * gy[None, :]), 1, _add_pair)  # (NP,) each
+                        bc = (pid_b * L + t) * (G * N) + g0 * N + n + (unit - 1)  # through `unit`: not vectorised
+                        tl.atomic_add(gB_ptr + bc, gBt, mask=nmask, sem="relaxed")
+                        tl.atomic_add(gC_ptr + bc, gCt, mask=nmask, sem="relaxed")
+                    else:
+                        bc = (pid_b * L + t) * (G * N) + bc0
+                        tl.atomic_add(gB_ptr + bc, mu * dtu[None, :], mask=m2, sem="relaxed")
+                        tl.atomic_add(gC_ptr + bc, h * gy[None, :], mask=m2, sem="relaxed")
+                    if HAS_D:
+                        y += Dv * u
+                        gu += gy * Dv
+                        gD_acc += gy * u
+                    off = (pid_b * L + t) * D + d
+                    if HAS_Z:
+                        tl.store(gz_ptr + off, go * y * sig * (1.0 + zz * (1.0 - sig)), mask=dmask)
+                    if SOFTPLUS:
+                        gdt = tl.where(raw <= 20.0, gdt / (1.0 + tl.exp(-raw)), gdt)
+                    if HAS_BIAS:
+                        gb_acc += gdt
+                    tl.store(gu_ptr + off, gu, mask=dmask)
+                    tl.store(gdt_ptr + off, gdt, mask=dmask)
+                    dt_a = dt_b
+                    u_a = u_b
+                    g_a = g_b
+                    B_a = B_b
+                    C_a = C_b
+                    dt_b = dt_c
+                    u_b = u_c
+                    g_b = g_c
+                    B_b = B_c
+                    C_b = C_c
+                    if HAS_Z:
+                        z_a = z_b
+                        z_b = z_c
+                tl.debug_barrier()
+        tl.store(gA_ptr + st + tile, gA_acc, mask=m2)
+        part = (pid_b * nchunks + pid_c) * D + d
+        if HAS_D:
+            tl.store(gD_ptr + part, gD_acc, mask=dmask)
+        if HAS_BIAS:
+            tl.store(gbias_ptr + part, gb_acc, mask=dmask)
+
+_UNIT_KERNELS = ("_chunk_end_kernel", "_chunk_out_kernel", "_bwd_chunk_kernel", "_bwd_seq_kernel")
 _RAW = {f.__name__: f for f in (_chunk_end_kernel, _carry_kernel, _chunk_out_kernel, _bwd_chunk_kernel,
-                                 _bwd_out_kernel)}
+                                 _bwd_out_kernel, _bwd_seq_kernel)}
 # `unit` is a runtime 1 that is never specialised. Offsets into the (dstate, block_d) state tiles go
-# through it, so the compiler cannot prove them contiguous and does not vectorise those few loads: a
+# through it, so the compiler cannot prove them aligned and does not vectorise those few loads: a
 # vectorised load makes it spread dstate over warps, and then every step's sum over dstate crosses
 # warps through shared memory. Without it each thread keeps whole channels in registers.
+# Two forms (ScanConfig.unit_add): channel + (unit - 1) keeps the offsets contiguous along channels but
+# of unknown alignment; channel * unit hides the contiguity as well. With the second, triton 3.6 (not
+# 3.9) orders the tiles dstate-fastest and puts dstate across 16 lanes (seen in its TTGIR/SASS offline:
+# shuffles and barriers in every step); with the first, both versions keep dstate inside the thread.
 _COMPILED = {name: JITFunction(f, do_not_specialize=["unit"] if name in _UNIT_KERNELS else None)
              for name, f in _RAW.items()}
 _INTERPRETED: dict = {}
@@ -584,17 +917,32 @@ class ScanConfig:
     """Launch shapes. chunk: steps per forward program (None: chosen per call, see `resolve`); sub: steps
     per backward tile (divides chunk);
     block_d / warps: channels and warps per forward program (block_d = 32 * warps keeps each channel's
-    states in one thread); bwd_block_d / bwd_warps: the same for the backward tile kernel."""
+    states in one thread); bwd_block_d / bwd_warps: the same for the backward tile kernel.
+    bwd_mode: "tile" (`_bwd_out_kernel`, associative scans over each sub-tile) or "seq" (`_bwd_seq_kernel`,
+    time walked sequentially inside each thread); seq_block_d / seq_warps: channels and warps per "seq"
+    program; seq_programs_per_sm: how many persistent "seq" programs are launched per SM (one "SM" when
+    interpreting on CPU); seq_piece: steps whose states a "seq" program keeps at once (divides sub; below sub
+    it replays each sub-tile once more to find the piece starts), so each program's scratch slot is
+    (seq_piece + sub / seq_piece) x dstate x seq_block_d fp32. unit_add: the form of the offsets that keep
+    each channel's states in one thread (see the note above _COMPILED; False is the earlier form)."""
 
     def __init__(self, chunk=None, sub=DEFAULT_SUB, block_d=DEFAULT_BLOCK_D, warps=DEFAULT_WARPS,
                  bwd_block_d=DEFAULT_BWD_BLOCK_D, bwd_warps=DEFAULT_BWD_WARPS, carry_block=DEFAULT_CARRY_BLOCK,
-                 native_reverse_scan=True):
+                 native_reverse_scan=True, bwd_mode=DEFAULT_BWD_MODE, seq_block_d=DEFAULT_SEQ_BLOCK_D,
+                 seq_warps=DEFAULT_SEQ_WARPS, seq_programs_per_sm=DEFAULT_SEQ_PROGRAMS_PER_SM,
+                 seq_piece=DEFAULT_SEQ_PIECE, unit_add=True):
         if chunk is not None and chunk % sub:
             raise ValueError(f"chunk {chunk} must be a multiple of sub {sub}")
         for name, v in (("sub", sub), ("block_d", block_d), ("bwd_block_d", bwd_block_d),
-                        ("carry_block", carry_block)):
+                        ("carry_block", carry_block), ("seq_block_d", seq_block_d), ("seq_piece", seq_piece)):
             if v & (v - 1):
                 raise ValueError(f"{name} must be a power of two, got {v}")
+        if bwd_mode not in ("tile", "seq"):
+            raise ValueError(f'bwd_mode must be "tile" or "seq", got {bwd_mode!r}')
+        if seq_piece > sub:
+            raise ValueError(f"seq_piece {seq_piece} must divide sub {sub}")
+        if seq_programs_per_sm < 1:
+            raise ValueError(f"seq_programs_per_sm must be at least 1, got {seq_programs_per_sm}")
         self.chunk, self.sub, self.block_d, self.warps = chunk, sub, block_d, warps
         self.bwd_block_d, self.bwd_warps, self.carry_block = bwd_block_d, bwd_warps, carry_block
         # True: Triton's reverse=True scan. False: flip, forward scan, flip back, kept as a fallback
@@ -603,6 +951,17 @@ class ScanConfig:
         # kernel. The interpreter always takes reverse=True: tl.flip is a jit function it cannot call
         # when triton was imported without TRITON_INTERPRET.
         self.native_reverse_scan = native_reverse_scan
+        self.bwd_mode, self.seq_block_d, self.seq_warps = bwd_mode, seq_block_d, seq_warps
+        self.seq_programs_per_sm, self.seq_piece = seq_programs_per_sm, seq_piece
+        self.unit_add = unit_add  # which form of the `unit` offsets (see the note above _COMPILED)
+
+    def _fields(self):
+        return dict(chunk=self.chunk, sub=self.sub, block_d=self.block_d, warps=self.warps,
+                    bwd_block_d=self.bwd_block_d, bwd_warps=self.bwd_warps, carry_block=self.carry_block,
+                    native_reverse_scan=self.native_reverse_scan, bwd_mode=self.bwd_mode,
+                    seq_block_d=self.seq_block_d, seq_warps=self.seq_warps,
+                    seq_programs_per_sm=self.seq_programs_per_sm, seq_piece=self.seq_piece,
+                    unit_add=self.unit_add)
 
     def resolve(self, batch: int, seqlen: int, dim: int) -> "ScanConfig":
         """A copy with `chunk` fixed. Auto: the largest power of two up to 1024 that still gives about
@@ -615,13 +974,10 @@ class ScanConfig:
         chunk = 1024
         while chunk > self.sub and chunk * want > seqlen:
             chunk //= 2
-        return ScanConfig(chunk, self.sub, self.block_d, self.warps, self.bwd_block_d, self.bwd_warps,
-                          self.carry_block, self.native_reverse_scan)
+        return ScanConfig(**{**self._fields(), "chunk": chunk})
 
     def __repr__(self):
-        return (f"ScanConfig(chunk={self.chunk}, sub={self.sub}, block_d={self.block_d}, warps={self.warps}, "
-                f"bwd_block_d={self.bwd_block_d}, bwd_warps={self.bwd_warps}, "
-                f"native_reverse_scan={self.native_reverse_scan})")
+        return "ScanConfig(" + ", ".join(f"{k}={v!r}" for k, v in self._fields().items()) + ")"
 
 
 def _flags(D, G, block_d):
@@ -670,7 +1026,7 @@ def scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, seq_idx, n
     P = _empty_like(hend)
     grid = (nchunks, triton.cdiv(dim, cfg.block_d), batch)
     common = dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), PACKED=packed,
-                  HAS_H0=h0 is not None, **_flags(dim, G, cfg.block_d))
+                  HAS_H0=h0 is not None, UNIT_ADD=cfg.unit_add, **_flags(dim, G, cfg.block_d))
     dummy = u
     _kernel("_chunk_end_kernel", dev)[grid](
         u, delta, At, B, delta_bias if delta_bias is not None else dummy, seq_idx if packed else dummy,
@@ -715,7 +1071,7 @@ def scan_bwd(gout, gfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
         u, delta, At, B, C, z if z is not None else dummy, delta_bias if delta_bias is not None else dummy, gout,
         seq_idx if packed else dummy, h0 if h0 is not None else dummy, gfinal if gfinal is not None else dummy,
         hstart, hsub, local, L, dim, G, nchunks, 1, nsub,
-        N=N, CHUNK=cfg.chunk, SUB=cfg.sub, BD=cfg.block_d, NP=NP, num_warps=cfg.warps,
+        N=N, CHUNK=cfg.chunk, SUB=cfg.sub, BD=cfg.block_d, NP=NP, num_warps=cfg.warps, UNIT_ADD=cfg.unit_add,
         **common, **_flags(dim, G, cfg.block_d))
     init = None if (packed or gfinal is None) else gfinal.transpose(1, 2).contiguous()
     nu, gh_first = _carry(P, local, init, True, cfg)  # nu[c]: adjoint at chunk c's end, from later steps
@@ -728,17 +1084,36 @@ def scan_bwd(gout, gfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
     gD = _empty(batch, nchunks, dim, dtype=torch.float32, device=dev) if D is not None else None
     gbias = _empty(batch, nchunks, dim, dtype=torch.float32, device=dev) if delta_bias is not None else None
     gh0 = torch.zeros_like(h0) if (packed and h0 is not None) else None
-    grid = (nchunks, triton.cdiv(dim, cfg.bwd_block_d), batch)
-    _kernel("_bwd_out_kernel", dev)[grid](
-        u, delta, At, B, C, D if D is not None else dummy, z if z is not None else dummy,
-        delta_bias if delta_bias is not None else dummy, gout, seq_idx if packed else dummy,
-        h0 if h0 is not None else dummy, gfinal if gfinal is not None else dummy, hsub, nu,
-        gu, gdt, gz if gz is not None else dummy, gB, gC, gA, gD if gD is not None else dummy,
-        gbias if gbias is not None else dummy, gh0 if gh0 is not None else dummy,
-        L, dim, G, nchunks, nsub,
-        N=N, CHUNK=cfg.chunk, SUB=cfg.sub, BD=cfg.bwd_block_d, HAS_D=D is not None, num_warps=cfg.bwd_warps,
-        REV_NATIVE=cfg.native_reverse_scan or dev.type != "cuda",
-        **common, **_flags(dim, G, cfg.bwd_block_d))
+    if cfg.bwd_mode == "seq":
+        ndblk = triton.cdiv(dim, cfg.seq_block_d)
+        nwork = nchunks * ndblk * batch
+        slots = (torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else 1)
+        nprog = min(nwork, slots * cfg.seq_programs_per_sm)
+        scratch = _empty(nprog, cfg.seq_piece + cfg.sub // cfg.seq_piece, NP, cfg.seq_block_d, dtype=torch.float32,
+                         device=dev)
+        _kernel("_bwd_seq_kernel", dev)[(nprog,)](
+            u, delta, At, B, C, D if D is not None else dummy, z if z is not None else dummy,
+            delta_bias if delta_bias is not None else dummy, gout, seq_idx if packed else dummy,
+            h0 if h0 is not None else dummy, gfinal if gfinal is not None else dummy, hsub, nu, scratch,
+            gu, gdt, gz if gz is not None else dummy, gB, gC, gA, gD if gD is not None else dummy,
+            gbias if gbias is not None else dummy, gh0 if gh0 is not None else dummy,
+            L, dim, G, nchunks, nsub, ndblk, nwork, nprog, 1,
+            N=N, CHUNK=cfg.chunk, SUB=cfg.sub, BD=cfg.seq_block_d, NP=NP, HAS_D=D is not None,
+            PIECE=cfg.seq_piece, TWO_LEVEL=cfg.seq_piece < cfg.sub, UNIT_ADD=cfg.unit_add, num_warps=cfg.seq_warps,
+            **common,
+            **_flags(dim, G, cfg.seq_block_d))
+    else:
+        grid = (nchunks, triton.cdiv(dim, cfg.bwd_block_d), batch)
+        _kernel("_bwd_out_kernel", dev)[grid](
+            u, delta, At, B, C, D if D is not None else dummy, z if z is not None else dummy,
+            delta_bias if delta_bias is not None else dummy, gout, seq_idx if packed else dummy,
+            h0 if h0 is not None else dummy, gfinal if gfinal is not None else dummy, hsub, nu,
+            gu, gdt, gz if gz is not None else dummy, gB, gC, gA, gD if gD is not None else dummy,
+            gbias if gbias is not None else dummy, gh0 if gh0 is not None else dummy,
+            L, dim, G, nchunks, nsub,
+            N=N, CHUNK=cfg.chunk, SUB=cfg.sub, BD=cfg.bwd_block_d, HAS_D=D is not None, num_warps=cfg.bwd_warps,
+            REV_NATIVE=cfg.native_reverse_scan or dev.type != "cuda",
+            **common, **_flags(dim, G, cfg.bwd_block_d))
     gA = gA.sum((0, 1)).t()
     gD = gD.sum((0, 1)) if gD is not None else None
     gbias = gbias.sum((0, 1)) if gbias is not None else None

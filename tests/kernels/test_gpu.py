@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dnamamba_kernels import selective_scan, selective_scan_ref
+from dnamamba_kernels import ScanConfig, selective_scan_ref, selective_scan_triton
 
 from kernel_inputs import as64, make_inputs, run_scan
 
@@ -15,15 +15,26 @@ TOL = {torch.float32: dict(rtol=6e-4, atol=2e-3), torch.float16: dict(rtol=3e-3,
        torch.bfloat16: dict(rtol=3e-2, atol=5e-2)}
 
 
+@pytest.fixture(params=("tile", "seq"))
+def scan(request):
+    """The Triton scan at the default launch shapes, with each backward mode."""
+    cfg = ScanConfig(bwd_mode=request.param)
+
+    def run(*args, **kw):
+        return selective_scan_triton(*args, config=cfg, **kw)
+
+    return run
+
+
 @pytest.mark.parametrize("batch,seqlen,dim,ngroups,dtype", [(2, 2049, 96, 2, torch.float32),
                                                              (1, 2048, 200, 1, torch.bfloat16),
                                                              (2, 1100, 64, 1, torch.float16)])
-def test_gpu_matches_reference(batch, seqlen, dim, ngroups, dtype):
+def test_gpu_matches_reference(scan, batch, seqlen, dim, ngroups, dtype):
     tensors = make_inputs(batch, seqlen, dim, 16, ngroups, dtype=dtype, seed=seqlen, device="cuda")
     # the output gradient reaches the kernels in the output dtype: give the reference the same values
     gy = torch.randn(batch, seqlen, dim, device="cuda").to(dtype).float()
     gf = torch.randn(batch, dim, 16, device="cuda")
-    y, f, g = run_scan(selective_scan, tensors, grad_out=gy, grad_final=gf)
+    y, f, g = run_scan(scan, tensors, grad_out=gy, grad_final=gf)
     y_r, f_r, g_r = run_scan(selective_scan_ref, as64(tensors), grad_out=gy.double(), grad_final=gf.double())
     tol = TOL[dtype]
     torch.testing.assert_close(y.double(), y_r, **tol)
@@ -32,13 +43,13 @@ def test_gpu_matches_reference(batch, seqlen, dim, ngroups, dtype):
         torch.testing.assert_close(g[k].double(), g_r[k], **tol, msg=lambda m, k=k: f"grad {k}: {m}")
 
 
-def test_gpu_packed_matches_reference():
+def test_gpu_packed_matches_reference(scan):
     cu = torch.tensor([0, 700, 701, 2500, 3000], device="cuda", dtype=torch.int32)
     tensors = make_inputs(1, 3000, 64, 16, 1, seed=7, device="cuda")
     tensors[8] = torch.randn(4, 64, 16, device="cuda")
     gy = torch.randn(1, 3000, 64, device="cuda")
     gf = torch.randn(4, 64, 16, device="cuda")
-    y, f, g = run_scan(selective_scan, tensors, grad_out=gy, grad_final=gf, cu_seqlens=cu)
+    y, f, g = run_scan(scan, tensors, grad_out=gy, grad_final=gf, cu_seqlens=cu)
     y_r, f_r, g_r = run_scan(selective_scan_ref, as64(tensors), grad_out=gy.double(), grad_final=gf.double(),
                              cu_seqlens=cu)
     torch.testing.assert_close(y.double(), y_r, **TOL[torch.float32])
@@ -47,7 +58,7 @@ def test_gpu_packed_matches_reference():
         torch.testing.assert_close(g[k].double(), g_r[k], **TOL[torch.float32], msg=lambda m, k=k: f"grad {k}: {m}")
 
 
-def test_int64_offsets_past_2_31_elements():
+def test_int64_offsets_past_2_31_elements(scan):
     """B=1, L=2^21, D=1536: 3.2e9 elements per (batch, seqlen, dim) tensor. The decay is strong (every
     step multiplies the state by at most exp(-1)), so outputs and gradients inside a window depend only
     on that window: windows at the start, across element 2^31 and at the end are checked against the
@@ -63,7 +74,7 @@ def test_int64_offsets_past_2_31_elements():
     z = torch.randn(1, L, D, device=dev, generator=g, dtype=torch.bfloat16)
     Dv = torch.randn(D, device=dev, generator=g)
     leaves = [t.requires_grad_() for t in (u, delta, B, C, z)]
-    y, final = selective_scan(u, delta, A, B, C, D=Dv, z=z, delta_softplus=True, return_final_state=True)
+    y, final = scan(u, delta, A, B, C, D=Dv, z=z, delta_softplus=True, return_final_state=True)
     gy = torch.randn(1, L, D, device=dev, generator=g, dtype=torch.bfloat16)
     y.backward(gy)
     assert torch.isfinite(y).all()

@@ -2,7 +2,8 @@
 
 Small launch shapes (chunk 16, backward tiles of 4 steps, 8 channels a program) let tiny inputs
 cross every boundary the GPU shapes have: chunk edges (15, 16, 17), tile edges, several chunks (33,
-70), several channel blocks with an odd dim, and channel blocks that straddle B/C groups.
+70), several channel blocks with an odd dim, and channel blocks that straddle B/C groups. Every test
+runs with both backward modes; "seq" runs 3 persistent programs, so each takes several work items.
 """
 from __future__ import annotations
 
@@ -14,22 +15,35 @@ from dnamamba_kernels import ScanConfig, selective_scan, selective_scan_ref, sel
 
 from kernel_inputs import as64, make_inputs, run_scan
 
-SMALL = ScanConfig(chunk=16, sub=4, block_d=8, warps=1, bwd_block_d=8, bwd_warps=1, carry_block=64)
+# "seq" replays each sub-tile in pieces of 2 steps; "seq_one_piece" keeps the whole sub-tile at once
+BWD_MODES = ("tile", "seq", "seq_one_piece")
+SMALL = {mode: ScanConfig(chunk=16, sub=4, block_d=8, warps=1, bwd_block_d=8, bwd_warps=1, carry_block=64,
+                          bwd_mode=mode.split("_")[0], seq_block_d=8, seq_warps=1, seq_programs_per_sm=3,
+                          seq_piece=4 if mode == "seq_one_piece" else 2)
+         for mode in BWD_MODES}
 TOL = {torch.float32: dict(rtol=6e-4, atol=2e-3), torch.bfloat16: dict(rtol=3e-2, atol=5e-2)}
 OPTS = ("use_D", "use_z", "use_bias", "softplus", "use_h0")
 
 
-def triton_small(*args, **kw):
-    return selective_scan_triton(*args, config=SMALL, **kw)
+@pytest.fixture(params=BWD_MODES)
+def bwd_mode(request):
+    return request.param
 
 
-def compare(tensors, dtype, opts, grad_final=True, cu_seqlens=None):
+def small_scan(mode):
+    def scan(*args, **kw):
+        return selective_scan_triton(*args, config=SMALL[mode], **kw)
+
+    return scan
+
+
+def compare(tensors, dtype, opts, mode, grad_final=True, cu_seqlens=None):
     y_ref, f_ref, g_ref = None, None, None
     # the output gradient reaches the kernels in the output dtype: give the reference the same values
     gy = torch.randn(tensors[0].shape, generator=torch.Generator().manual_seed(1)).to(dtype).float()
     nstate = tensors[8].shape
     gf = torch.randn(nstate, generator=torch.Generator().manual_seed(2)) if grad_final else None
-    y, f, g = run_scan(triton_small, tensors, grad_out=gy, grad_final=gf, cu_seqlens=cu_seqlens, **opts)
+    y, f, g = run_scan(small_scan(mode), tensors, grad_out=gy, grad_final=gf, cu_seqlens=cu_seqlens, **opts)
     y_ref, f_ref, g_ref = run_scan(selective_scan_ref, as64(tensors), grad_out=gy.double(),
                                    grad_final=None if gf is None else gf.double(), cu_seqlens=cu_seqlens, **opts)
     tol = TOL[dtype]
@@ -56,23 +70,32 @@ CASES = [
 
 
 @pytest.mark.parametrize("batch,seqlen,dim,dstate,ngroups,dtype,off", CASES)
-def test_matches_reference_forward_and_all_gradients(interpret, batch, seqlen, dim, dstate, ngroups, dtype, off):
+def test_matches_reference_forward_and_all_gradients(interpret, bwd_mode, batch, seqlen, dim, dstate, ngroups, dtype,
+                                                     off):
     tensors = make_inputs(batch, seqlen, dim, dstate, ngroups, dtype=dtype, seed=seqlen)
-    compare(tensors, dtype, {k: k not in off for k in OPTS})
+    compare(tensors, dtype, {k: k not in off for k in OPTS}, bwd_mode)
 
 
-def test_every_output_element_is_written(interpret, monkeypatch):
-    """Outputs and scratch start as NaN: any element the kernels skip would surface."""
+def test_every_output_element_is_written(interpret, bwd_mode, monkeypatch):
+    """Outputs and scratch start as NaN: any element the kernels skip would surface. Also checks that the
+    mode's own backward kernel ran."""
     import dnamamba_kernels.triton_scan as impl
 
     monkeypatch.setattr(impl, "_empty", lambda *s, dtype, device: torch.full(s, float("nan"), dtype=dtype,
                                                                               device=device))
     monkeypatch.setattr(impl, "_empty_like", lambda t: torch.full_like(t, float("nan")))
+    launched = []
+    kernel = impl._kernel
+    monkeypatch.setattr(impl, "_kernel", lambda name, device: launched.append(name) or kernel(name, device))
     tensors = make_inputs(2, 37, 9, 4, 1, seed=5)
-    compare(tensors, torch.float32, {k: True for k in OPTS})
+    compare(tensors, torch.float32, {k: True for k in OPTS}, bwd_mode)
+    own, other = "_bwd_out_kernel", "_bwd_seq_kernel"
+    if bwd_mode != "tile":
+        own, other = other, own
+    assert own in launched and other not in launched
 
 
-def test_split_with_state_equals_unsplit(interpret):
+def test_split_with_state_equals_unsplit(interpret, bwd_mode):
     """Scanning [0, 23) then [23, 40) with the carried state gives the unsplit outputs, final state and gradients."""
     batch, seqlen, dim, dstate, cut = 2, 40, 6, 4, 23
     tensors = make_inputs(batch, seqlen, dim, dstate, 2, seed=11)
@@ -82,13 +105,13 @@ def test_split_with_state_equals_unsplit(interpret):
     def split_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, initial_state=None,
                    return_final_state=True, cu_seqlens=None):
         kw = dict(D=D, delta_bias=delta_bias, delta_softplus=delta_softplus, return_final_state=True)
-        y1, h1 = triton_small(u[:, :cut], delta[:, :cut], A, B[:, :cut], C[:, :cut], z=z[:, :cut],
+        y1, h1 = small_scan(bwd_mode)(u[:, :cut], delta[:, :cut], A, B[:, :cut], C[:, :cut], z=z[:, :cut],
                               initial_state=initial_state, **kw)
-        y2, h2 = triton_small(u[:, cut:], delta[:, cut:], A, B[:, cut:], C[:, cut:], z=z[:, cut:],
+        y2, h2 = small_scan(bwd_mode)(u[:, cut:], delta[:, cut:], A, B[:, cut:], C[:, cut:], z=z[:, cut:],
                               initial_state=h1, **kw)
         return torch.cat([y1, y2], dim=1), h2
 
-    y, f, g = run_scan(triton_small, tensors, grad_out=gy, grad_final=gf)
+    y, f, g = run_scan(small_scan(bwd_mode), tensors, grad_out=gy, grad_final=gf)
     y_s, f_s, g_s = run_scan(split_scan, tensors, grad_out=gy, grad_final=gf)
     tol = dict(rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(y_s, y, **tol)
@@ -97,7 +120,7 @@ def test_split_with_state_equals_unsplit(interpret):
         torch.testing.assert_close(g_s[k], g[k], **tol, msg=lambda m, k=k: f"grad {k}: {m}")
 
 
-def test_packed_equals_separate_calls(interpret):
+def test_packed_equals_separate_calls(interpret, bwd_mode):
     """cu_seqlens resets the state at each boundary: the same as scanning each sequence alone."""
     cu = torch.tensor([0, 5, 6, 23, 41], dtype=torch.int32)  # a 1-step sequence; boundaries inside chunks
     nseq, seqlen, dim, dstate = 4, 41, 6, 3
@@ -111,14 +134,14 @@ def test_packed_equals_separate_calls(interpret):
         ys, fs = [], []
         for i in range(nseq):
             s, e = int(cu[i]), int(cu[i + 1])
-            y, f = triton_small(u[:, s:e], delta[:, s:e], A, B[:, s:e], C[:, s:e], D=D, z=z[:, s:e],
+            y, f = small_scan(bwd_mode)(u[:, s:e], delta[:, s:e], A, B[:, s:e], C[:, s:e], D=D, z=z[:, s:e],
                                 delta_bias=delta_bias, delta_softplus=delta_softplus,
                                 initial_state=initial_state[i:i + 1], return_final_state=True)
             ys.append(y)
             fs.append(f)
         return torch.cat(ys, dim=1), torch.cat(fs)
 
-    y, f, g = run_scan(triton_small, tensors, grad_out=gy, grad_final=gf, cu_seqlens=cu)
+    y, f, g = run_scan(small_scan(bwd_mode), tensors, grad_out=gy, grad_final=gf, cu_seqlens=cu)
     y_s, f_s, g_s = run_scan(separate, tensors, grad_out=gy, grad_final=gf)
     tol = dict(rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(y, y_s, **tol)
@@ -127,24 +150,24 @@ def test_packed_equals_separate_calls(interpret):
         torch.testing.assert_close(g[k], g_s[k], **tol, msg=lambda m, k=k: f"grad {k}: {m}")
 
 
-def test_packed_matches_reference_without_initial_state_and_with_empty_sequence(interpret):
+def test_packed_matches_reference_without_initial_state_and_with_empty_sequence(interpret, bwd_mode):
     cu = torch.tensor([0, 9, 9, 20], dtype=torch.int64)
     tensors = make_inputs(1, 20, 5, 4, 1, seed=31)
     tensors[8] = torch.randn(3, 5, 4)
-    compare(tensors, torch.float32, {k: k != "use_h0" for k in OPTS}, cu_seqlens=cu)
-    compare(tensors, torch.float32, {k: True for k in OPTS}, cu_seqlens=cu)
+    compare(tensors, torch.float32, {k: k != "use_h0" for k in OPTS}, bwd_mode, cu_seqlens=cu)
+    compare(tensors, torch.float32, {k: True for k in OPTS}, bwd_mode, cu_seqlens=cu)
 
 
-def test_no_overflow_for_large_delta_and_long_decay(interpret):
+def test_no_overflow_for_large_delta_and_long_decay(interpret, bwd_mode):
     """delta up to 20 and beyond after softplus (decays of exp(-320) underflow to 0), and long runs of
     decay near 1 (delta tiny): finite, and equal to the reference."""
     tensors = make_inputs(1, 48, 6, 4, 1, seed=41)
     big = torch.linspace(-2.0, 25.0, 48)[None, :, None].expand(1, 48, 6).contiguous()
     tensors[1] = big
     tensors[2] = tensors[2] * 8.0  # A down to about -16
-    compare(tensors, torch.float32, {k: True for k in OPTS})
+    compare(tensors, torch.float32, {k: True for k in OPTS}, bwd_mode)
     tensors[1] = torch.full((1, 48, 6), -12.0)  # softplus(-12) ~ 6e-6: decay ~1 for the whole run
-    compare(tensors, torch.float32, {k: True for k in OPTS})
+    compare(tensors, torch.float32, {k: True for k in OPTS}, bwd_mode)
 
 
 def test_dispatch(monkeypatch):
@@ -159,3 +182,26 @@ def test_dispatch(monkeypatch):
     selective_scan(u, delta, A, B, C)
     selective_scan(u.double(), delta.double(), A.double(), B.double(), C.double())
     assert calls == ["chunked", "triton", "chunked"]
+
+
+def test_unit_offset_forms_agree(interpret):
+    """Both forms of the `unit` offsets (ScanConfig.unit_add) address the same elements: identical results."""
+    tensors = make_inputs(2, 21, 9, 4, 3, seed=51)
+    gy = torch.randn(2, 21, 9)
+    runs = []
+    for unit_add in (True, False):
+        cfg = ScanConfig(**{**SMALL["seq"]._fields(), "unit_add": unit_add})
+        runs.append(run_scan(lambda *a, **k: selective_scan_triton(*a, config=cfg, **k), tensors, grad_out=gy))
+    (y0, f0, g0), (y1, f1, g1) = runs
+    assert torch.equal(y0, y1) and torch.equal(f0, f1)
+    for k in g0:
+        assert torch.equal(g0[k], g1[k]), k
+
+
+def test_config_rejects_bad_backward_settings():
+    with pytest.raises(ValueError, match="bwd_mode"):
+        ScanConfig(bwd_mode="scan")
+    with pytest.raises(ValueError, match="seq_piece"):
+        ScanConfig(sub=32, seq_piece=64)
+    with pytest.raises(ValueError, match="seq_piece"):
+        ScanConfig(seq_piece=6)

@@ -59,7 +59,7 @@ DEFAULT_WARPS = 4
 DEFAULT_BWD_BLOCK_D = 16
 DEFAULT_BWD_WARPS = 1
 DEFAULT_CARRY_BLOCK = 512
-DEFAULT_BWD_MODE = "tile"
+DEFAULT_BWD_MODE = "seq"
 DEFAULT_SEQ_BLOCK_D = 32
 DEFAULT_SEQ_WARPS = 1
 DEFAULT_SEQ_PROGRAMS_PER_SM = 8
@@ -918,8 +918,9 @@ class ScanConfig:
     per backward tile (divides chunk);
     block_d / warps: channels and warps per forward program (block_d = 32 * warps keeps each channel's
     states in one thread); bwd_block_d / bwd_warps: the same for the backward tile kernel.
-    bwd_mode: "tile" (`_bwd_out_kernel`, associative scans over each sub-tile) or "seq" (`_bwd_seq_kernel`,
-    time walked sequentially inside each thread); seq_block_d / seq_warps: channels and warps per "seq"
+    bwd_mode: "seq" (default; `_bwd_seq_kernel`, time walked sequentially inside each thread, 0.45x the time of
+    "tile" for forward+backward on the H200, kernels/NOTES.md) or "tile" (`_bwd_out_kernel`, associative scans over
+    each sub-tile); seq_block_d / seq_warps: channels and warps per "seq"
     program; seq_programs_per_sm: how many persistent "seq" programs are launched per SM (one "SM" when
     interpreting on CPU); seq_piece: steps whose states a "seq" program keeps at once (divides sub; below sub
     it replays each sub-tile once more to find the piece starts), so each program's scratch slot is

@@ -184,6 +184,20 @@ def test_dispatch(monkeypatch):
     assert calls == ["chunked", "triton", "chunked"]
 
 
+def test_seq_with_several_pieces_per_sub_tile(interpret):
+    """sub 8 in pieces of 2 (four piece starts kept per sub-tile, as sub 64 in pieces of 8 on the GPU), with
+    ragged ends: the last sub-tile of 33 - 32 = 1 step and of 70 - 64 = 6 steps."""
+    cfg = ScanConfig(**{**SMALL["seq"]._fields(), "sub": 8})
+    for seqlen, dtype in ((33, torch.float32), (70, torch.bfloat16)):
+        tensors = make_inputs(1, seqlen, 6, 3, 2, dtype=dtype, seed=seqlen)
+        gy = torch.randn(1, seqlen, 6).to(dtype).float()
+        y, f, g = run_scan(lambda *a, **k: selective_scan_triton(*a, config=cfg, **k), tensors, grad_out=gy)
+        y_r, f_r, g_r = run_scan(selective_scan_ref, as64(tensors), grad_out=gy.double())
+        torch.testing.assert_close(y.double(), y_r, **TOL[dtype])
+        for k in g:
+            torch.testing.assert_close(g[k].double(), g_r[k], **TOL[dtype], msg=lambda m, k=k: f"grad {k}: {m}")
+
+
 def test_unit_offset_forms_agree(interpret):
     """Both forms of the `unit` offsets (ScanConfig.unit_add) address the same elements: identical results."""
     tensors = make_inputs(2, 21, 9, 4, 3, seed=51)

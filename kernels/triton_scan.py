@@ -40,7 +40,6 @@ across it (its total decay is 0). All offsets that scale with seqlen are int64.
 """
 from __future__ import annotations
 
-import math
 import os
 
 import torch

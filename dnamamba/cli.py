@@ -17,6 +17,10 @@ COMMANDS = {
     "score-variants": ("dnamamba.pipelines.score_variants", "zero-shot log-likelihood ratio per VCF variant"),
     "demo": ("dnamamba.pipelines.demo", "pretrain on the bundled lambda phage, then embed and score"),
 }
+# Each command's config: its name, and the package it is read from (None: Hydra's ConfigStore, where
+# embed and score-variants register theirs; see dnamamba/pipelines/__init__.py).
+CONFIGS = {"pretrain": ("pretrain", "dnamamba.conf"), "demo": ("demo", "dnamamba.conf"),
+           "embed": ("embed", None), "score-variants": ("score_variants", None)}
 
 USAGE = """usage: dnamamba COMMAND [key=value ...]
 
@@ -56,6 +60,31 @@ def leave_a_core_free() -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) - 1))
 
 
+def override_problem(command: str, overrides: list[str]) -> str | None:
+    """Compose the command's config with the overrides; a misspelt key, an unknown group option or a
+    malformed override comes back as one line (Hydra itself prints several and a hint about
+    HYDRA_FULL_ERROR)."""
+    from hydra import compose, initialize, initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    name, package = CONFIGS[command]
+    context = (initialize(version_base="1.3", config_path=None) if package is None
+               else initialize_config_module(config_module=package, version_base="1.3"))
+    try:
+        with context:
+            compose(config_name=name, overrides=overrides, return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as e:
+        lines = []
+        for line in str(e).splitlines():
+            if line.startswith(("Config search path", "See https")):
+                break  # what follows is for Hydra developers, not for the user's typo
+            if line.strip():
+                lines.append(line.strip())
+        return " ".join(lines)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -72,6 +101,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     leave_a_core_free()
     module = importlib.import_module(COMMANDS[command][0])
+    if not any(arg.startswith("-") for arg in overrides):  # Hydra's own flags (--help, --cfg) pass through
+        problem = override_problem(command, overrides)
+        if problem is not None:
+            print(f"dnamamba: error: {command}: {problem}", file=sys.stderr)
+            return 2
     # Hydra reads its overrides from sys.argv; the program name shows in its --help.
     sys.argv = [f"dnamamba {command}", *overrides]
     module.main()

@@ -116,3 +116,19 @@ def test_ddp_cpu_ranks_see_different_windows_and_end_equal(pretrain_cfg, tmp_pat
     assert (tmp_path / "run" / "export" / "model.safetensors").is_file()
     assert metrics["global_step"] == 4
     assert 1.0 < metrics["val_bits_per_base"] < 8.0
+
+
+@pytest.mark.parametrize("command, override, expected", [
+    ("pretrain", "modle.d_model=3", "Could not override 'modle.d_model'"),
+    ("pretrain", "model=huge", "Available options in 'model': base small tiny"),
+    ("embed", "modle=x", "Could not override 'modle'"),
+    ("score-variants", "windw=3", "Could not override 'windw'"),
+])
+def test_cli_override_mistakes_are_one_line(tmp_path, command, override, expected):
+    proc = subprocess.run([sys.executable, "-m", "dnamamba.cli", command, override], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"dnamamba: error: {command}: ")
+    assert expected in lines[0]
+    assert list(tmp_path.iterdir()) == []  # nothing was started, nothing written

@@ -56,3 +56,14 @@ def run_cli(command: str, cwd: Path, *overrides: str, timeout: int = 300) -> sub
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "dnamamba.cli", command, *overrides], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *expected: str) -> str:
+    """The run failed with exactly one `dnamamba: error:` line on stderr, containing each of `expected`."""
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith("dnamamba: error: ")
+    for words in expected:
+        assert words in lines[0]
+    return lines[0]

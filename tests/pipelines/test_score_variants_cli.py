@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from dnamamba.data.fasta import demo_genome_path
 from dnamamba.inference.variants import ScoreVariantsConfig
 from dnamamba.model import save_export
-from support import LAMBDA, REPO, VCF_FIXTURES, run_cli, tiny_model
+from support import LAMBDA, REPO, VCF_FIXTURES, assert_one_line_error, run_cli, tiny_model
 
 FIXTURES = VCF_FIXTURES
 
@@ -84,12 +84,7 @@ def test_bad_input_is_one_line_and_leaves_no_output(tmp_path, export, case):
             extra.append(f"{key}={value}")
     work = tmp_path / "work"
     proc = score_variants(work, *(f"{k}={v}" for k, v in settings.items()), *extra)
-    assert proc.returncode != 0
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert lines[0].startswith("dnamamba: error: ")
-    for words in expected:
-        assert words in lines[0]
+    assert_one_line_error(proc, *expected)
     assert os.listdir(work) == []
     assert sorted(os.listdir(tmp_path)) == ["work"]  # no output, no temporary file
 

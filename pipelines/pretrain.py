@@ -26,11 +26,15 @@ from dnamamba.tasks.pretrain import CausalLMTask
 
 def run(cfg: DictConfig) -> dict:
     start = time.time()
-    pl.seed_everything(cfg.seed, workers=True)
     run_dir = os.path.abspath(cfg.run_dir)
     if cfg.ckpt_path is not None and not os.path.isfile(cfg.ckpt_path):
         raise InputError(cfg.ckpt_path, "checkpoint to resume from not found")
     datamodule = instantiate(cfg.data)
+    # Read the FASTA and build the windows before Lightning starts, so a bad file or record is reported
+    # alone, not after the trainer's banners; Lightning's own calls then find the work done.
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
     task = CausalLMTask(instantiate(cfg.model), instantiate(cfg.optim))
     callbacks = list(instantiate(cfg.trainer.get("callbacks") or []))
     if cfg.trainer.get("enable_progress_bar", True):

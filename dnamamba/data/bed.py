@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 
 from dnamamba.data.fasta import FastaFile
-from dnamamba.errors import InputError
+from dnamamba.errors import InputError, require_file
 
 
 @dataclass(frozen=True)
@@ -37,11 +37,7 @@ def read_bed(path: str | os.PathLike, fasta: FastaFile) -> list[Interval]:
     end that is not an integer, start < 0, start >= end, a record the FASTA does not have, and an end
     past the record's end.
     """
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise InputError(path, "BED file not found")
-    if not os.path.isfile(path):
-        raise InputError(path, "BED path is not a regular file")
+    path = require_file(path, "BED file")
     intervals = []
     try:
         with _open_text(path) as f:

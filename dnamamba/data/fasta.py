@@ -26,7 +26,7 @@ import pyfaidx
 import torch
 
 from dnamamba import alphabet
-from dnamamba.errors import InputError
+from dnamamba.errors import InputError, require_file
 from dnamamba.io import atomic_path
 
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -92,11 +92,7 @@ class FastaFile:
     """
 
     def __init__(self, path: str | os.PathLike, cache_dir: str | os.PathLike | None = None):
-        self.path = os.fspath(path)
-        if not os.path.exists(self.path):
-            raise InputError(self.path, "FASTA file not found")
-        if not os.path.isfile(self.path):
-            raise InputError(self.path, "FASTA path is not a regular file")
+        self.path = require_file(path, "FASTA file")
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         entry = self.cache_dir / "fasta" / _cache_key(self.path)
         kind = _compression(self.path)

@@ -153,6 +153,12 @@ BWD_VARIANTS = [dict(bwd_mode="seq", seq_piece=16), dict(bwd_mode="seq", sub=64)
                 dict(bwd_mode="seq", seq_block_d=128, seq_warps=4, seq_programs_per_sm=2)]
 
 
+# --variants: each changes one or two launch settings of the default configuration, at L=2^20
+VARIANTS = [dict(lane_sums=False), dict(sub=32), dict(lane_sums=False, sub=32), dict(seq_piece=16),
+            dict(seq_piece=64), dict(sub=32, seq_piece=32), dict(block_d=64, warps=2), dict(block_d=256, warps=8),
+            dict(chunk=512)]
+
+
 def check_float64(cfg):
     """Max |error| of the output and every gradient against the float64 reference, at the shapes of
     tests/kernels/test_gpu.py, with mamba_ssm's tolerances; returns {case: {tensor: error} | failure text}."""
@@ -289,6 +295,7 @@ def main():
     cfg = ScanConfig()
     rows, extra = [], {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
                        "triton": triton.__version__, "config": repr(cfg)}
+    extra["check_float64"] = check_float64(cfg)
     for batch, L in shapes:
         x = make_inputs(batch, L)
         floor_ms = batch * L * DIM * DSTATE / EXP_RATE * 1e3
@@ -335,9 +342,7 @@ def main():
             print("kernel times:", json.dumps(extra["kernel_ms_per_fwdbwd_at_2^20"]), flush=True)
             if args.variants:
                 var = []
-                for kw in (dict(block_d=64, warps=2), dict(chunk=512), dict(bwd_block_d=32, bwd_warps=2),
-                           dict(bwd_block_d=32, bwd_warps=1), dict(bwd_block_d=64, bwd_warps=2),
-                           dict(block_d=32, warps=1)):
+                for kw in VARIANTS:
                     c = ScanConfig(**kw)
                     fwd, fb, peak, grads, _ = measure(runner("triton", x, None, c), x, rep=100)
                     var.append(dict(config=repr(c), fwd_ms=round(fwd, 3), fwdbwd_ms=round(fb, 3),

@@ -41,10 +41,12 @@ across it (its total decay is 0). All offsets that scale with seqlen are int64.
 from __future__ import annotations
 
 import os
+import types
 
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 from triton.runtime.jit import JITFunction
 
 from .naive import compute_dtype
@@ -52,7 +54,7 @@ from .naive import compute_dtype
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 
-DEFAULT_SUB = 32
+DEFAULT_SUB = 64
 DEFAULT_BLOCK_D = 128
 DEFAULT_WARPS = 4
 DEFAULT_BWD_BLOCK_D = 16
@@ -63,6 +65,7 @@ DEFAULT_SEQ_BLOCK_D = 32
 DEFAULT_SEQ_WARPS = 1
 DEFAULT_SEQ_PROGRAMS_PER_SM = 8
 DEFAULT_SEQ_PIECE = 8
+DEFAULT_LANE_SUMS = True
 
 
 # The scan combine functions are always compiled-mode JITFunctions: the interpreter calls their
@@ -85,6 +88,66 @@ _affine_combine = JITFunction(_affine_combine)
 # jit function fixed at triton's import to one mode, so the kernels call tl.reduce with this directly.
 _add = tl.standard._sum_combine
 _adjoint_combine = JITFunction(_adjoint_combine)
+
+
+# Natural log for the softplus. Compiled, it is the hardware lg2.approx (one MUFU op, relative error
+# about 2^-22) instead of the precise log's ~25-instruction polynomial, which is a sixth of a forward
+# step's instructions. The interpreter has no libdevice, so interpreted kernels see `_log_precise`
+# under the same name instead (see `_kernel`).
+def _log(x):
+    return libdevice.fast_log2f(x) * 0.6931471805599453
+
+
+def _log_precise(x):
+    return tl.log(x)
+
+
+_log = JITFunction(_log)
+
+
+def _lane_sums_ptx() -> str:
+    """PTX for `_lane_sums`: a reduce-scatter over the 32 lanes of a warp. Each lane brings 16 values
+    (one channel's states) and keeps half of what it holds at each of four butterfly steps, so 15
+    shuffles replace the 80 of summing each state across the warp separately. After a fifth step every
+    lane holds the sum over all 32 lanes of one state: lane j (and j + 16) holds state bitrev4(j)."""
+    lines = ["{", ".reg .pred p;", ".reg .b32 lane, bit, s, r, k;", ".reg .b32 v<16>;", "mov.u32 lane, %laneid;"]
+    lines += [f"mov.b32 v{j}, ${16 + j};" for j in range(16)]
+    half = 8
+    for m in (1, 2, 4, 8):
+        # lanes with this bit set keep the upper half of their values and send the lower half
+        lines += [f"and.b32 bit, lane, {m};", "setp.ne.u32 p, bit, 0;"]
+        for j in range(half):
+            lines += [f"selp.b32 s, v{j}, v{j + half}, p;", f"shfl.sync.bfly.b32 r, s, {m}, 31, 0xffffffff;",
+                      f"selp.b32 k, v{j + half}, v{j}, p;", f"add.f32 v{j}, k, r;"]
+        half //= 2
+    lines += ["shfl.sync.bfly.b32 r, v0, 16, 31, 0xffffffff;", "add.f32 v0, v0, r;"]
+    lines += [f"mov.b32 ${j}, v0;" for j in range(16)]  # the same sum in every row
+    return "\n".join(lines + ["}"])
+
+
+_LANE_SUMS_PTX = tl.constexpr(_lane_sums_ptx())
+_LANE_SUMS_CONSTRAINTS = tl.constexpr(",".join(["=r"] * 16 + ["r"] * 16))
+
+
+def _lane_sums(x):
+    # x: (16, 32) fp32 in the one-warp layout where each lane holds one channel's 16 states in order.
+    # Returns (16, 32) whose rows are all the same: element (i, j) holds sum_d x[bitrev4(j), d] for j < 16
+    # (`lane_state` in _bwd_seq_kernel).
+    return tl.inline_asm_elementwise(_LANE_SUMS_PTX, _LANE_SUMS_CONSTRAINTS, [x], dtype=tl.float32, is_pure=True,
+                                     pack=16)
+
+
+def _lane_sums_reference(x):
+    # the same placement of the same sums, for the interpreter (no inline assembly there)
+    j = tl.arange(0, 32)
+    state = ((j & 1) << 3) | ((j & 2) << 1) | ((j & 4) >> 1) | ((j & 8) >> 3)
+    sums = tl.reduce(x, 1, _add)  # (16,)
+    row = tl.reduce(tl.where(tl.arange(0, 16)[:, None] == state[None, :], sums[:, None], 0.0), 0, _add)  # (32,)
+    return tl.broadcast_to(row[None, :], (16, 32))
+
+
+_lane_sums = JITFunction(_lane_sums)
+_INTERPRETER_HELPERS = {"_log": _log_precise, "_lane_sums": _lane_sums_reference}
 
 
 def _chunk_end_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, seq_ptr, h0_ptr, hend_ptr, P_ptr,
@@ -144,7 +207,7 @@ def _chunk_end_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, seq_ptr, h0_ptr, he
         if HAS_BIAS:
             dt += bias
         if SOFTPLUS:
-            dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
+            dt = tl.where(dt <= 20.0, _log(1.0 + tl.exp2(dt * 1.4426950408889634)), dt)
         u = u_a.to(tl.float32)
         if ONE_GROUP:
             Bt = B_a.to(tl.float32)[:, None]
@@ -264,7 +327,7 @@ def _chunk_out_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
         if HAS_BIAS:
             dt += bias
         if SOFTPLUS:
-            dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
+            dt = tl.where(dt <= 20.0, _log(1.0 + tl.exp2(dt * 1.4426950408889634)), dt)
         u = u_a.to(tl.float32)
         if ONE_GROUP:
             Bt = B_a.to(tl.float32)[:, None]
@@ -289,7 +352,7 @@ def _chunk_out_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
             y += Dv * u
         if HAS_Z:
             zt = z_a.to(tl.float32)
-            y = y * zt / (1.0 + tl.exp(-zt))
+            y = y * zt / (1.0 + tl.exp2(zt * -1.4426950408889634))
         tl.store(out_ptr + (pid_b * L + t) * D + d, y, mask=dmask)
         if PACKED:
             is_end = tl.full((NP, BD), 1, tl.int32) * (s != s_next).to(tl.int32)  # the scalar, as a tile mask
@@ -382,12 +445,12 @@ def _bwd_chunk_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, z_ptr, bias_ptr, gout_
         if HAS_BIAS:
             dt += bias
         if SOFTPLUS:
-            dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
+            dt = tl.where(dt <= 20.0, _log(1.0 + tl.exp2(dt * 1.4426950408889634)), dt)
         u = u_a.to(tl.float32)
         gy = g_a.to(tl.float32)
         if HAS_Z:
             zt = z_a.to(tl.float32)
-            gy = gy * zt / (1.0 + tl.exp(-zt))
+            gy = gy * zt / (1.0 + tl.exp2(zt * -1.4426950408889634))
         if ONE_GROUP:
             Bt = B_a.to(tl.float32)[:, None]
             Ct = C_a.to(tl.float32)[:, None]
@@ -469,7 +532,7 @@ def _bwd_out_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
         if HAS_BIAS:
             raw += bias[None, :]
         if SOFTPLUS:
-            dt = tl.where(raw <= 20.0, tl.log(1.0 + tl.exp(raw)), raw)
+            dt = tl.where(raw <= 20.0, _log(1.0 + tl.exp2(raw * 1.4426950408889634)), raw)
         else:
             dt = raw
         dt = tl.where(m2, dt, 0.0)  # padded steps: decay 1, input 0, so they pass the adjoint through
@@ -477,7 +540,7 @@ def _bwd_out_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
         go = tl.load(gout_ptr + off, mask=m2, other=0.0).to(tl.float32)
         if HAS_Z:
             zz = tl.load(z_ptr + off, mask=m2, other=0.0).to(tl.float32)
-            sig = 1.0 / (1.0 + tl.exp(-zz))
+            sig = 1.0 / (1.0 + tl.exp2(zz * -1.4426950408889634))
             gy = go * zz * sig
         else:
             gy = go
@@ -561,7 +624,7 @@ def _bwd_out_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
         if HAS_Z:
             tl.store(gz_ptr + off, go * y * sig * (1.0 + zz * (1.0 - sig)), mask=m2)
         if SOFTPLUS:
-            gdt = tl.where(raw <= 20.0, gdt / (1.0 + tl.exp(-raw)), gdt)
+            gdt = tl.where(raw <= 20.0, gdt / (1.0 + tl.exp2(raw * -1.4426950408889634)), gdt)
         if HAS_BIAS:
             gb_acc += tl.reduce(tl.where(m2, gdt, 0.0), 0, _add)
         tl.store(gu_ptr + off, gu, mask=m2)
@@ -572,6 +635,13 @@ def _bwd_out_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
     if HAS_BIAS:
         tl.store(gbias_ptr + part, gb_acc, mask=dmask)
 
+
+
+def _keep_first(a, b):
+    return a
+
+
+_keep_first = JITFunction(_keep_first)
 
 
 def _add_pair(a0, b0, a1, b1):
@@ -588,7 +658,7 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                     N: tl.constexpr, CHUNK: tl.constexpr, SUB: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr,
                     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                     PACKED: tl.constexpr, HAS_H0: tl.constexpr, HAS_GFIN: tl.constexpr, ONE_GROUP: tl.constexpr,
-                    PIECE: tl.constexpr, TWO_LEVEL: tl.constexpr, UNIT_ADD: tl.constexpr):
+                    PIECE: tl.constexpr, TWO_LEVEL: tl.constexpr, UNIT_ADD: tl.constexpr, LANE_SUMS: tl.constexpr):
     # Persistent: program `pid` owns scratch slot `pid` and takes work items pid, pid + nprog, ...; an item
     # is (channel block, chunk, batch), channel block fastest so programs running together share B/C rows.
     pid = tl.program_id(0)
@@ -604,6 +674,11 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
         sc = n[:, None] * BD + (tl.arange(0, BD) + (unit - 1))[None, :]
     else:
         sc = n[:, None] * BD + (tl.arange(0, BD) * unit)[None, :]
+    if LANE_SUMS:
+        # where `_lane_sums` leaves each state's sum over the warp: row 0, lanes 0-15, state bitrev4(lane)
+        lane = tl.arange(0, BD)
+        lane_state = ((lane & 1) << 3) | ((lane & 2) << 1) | ((lane & 4) >> 1) | ((lane & 8) >> 3)  # (BD,)
+        lane_first = lane < 16  # lanes 16-31 hold the same sums again
     dpg = D // G
     for w in range(pid, nwork, nprog):
         pid_d = w % ndblk
@@ -673,7 +748,7 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                     if HAS_BIAS:
                         dt += bias
                     if SOFTPLUS:
-                        dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
+                        dt = tl.where(dt <= 20.0, _log(1.0 + tl.exp2(dt * 1.4426950408889634)), dt)
                     if ONE_GROUP:
                         Bt = B_a.to(tl.float32)[:, None]
                     else:
@@ -727,7 +802,7 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                     if HAS_BIAS:
                         dt += bias
                     if SOFTPLUS:
-                        dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
+                        dt = tl.where(dt <= 20.0, _log(1.0 + tl.exp2(dt * 1.4426950408889634)), dt)
                     if ONE_GROUP:
                         Bt = B_a.to(tl.float32)[:, None]
                     else:
@@ -774,7 +849,7 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                 C_b = tl.load(C_ptr + bc, mask=bmask, other=0.0)
                 if HAS_Z:
                     z_b = tl.load(z_ptr + ud, mask=dmask, other=0.0)
-                for i in tl.range(0, ps1 - ps0, loop_unroll_factor=1):
+                for i in tl.range(0, ps1 - ps0, loop_unroll_factor=2):
                     t = last - i
                     t_c = tl.maximum(t - 2, first)
                     ud = (pid_b * L + t_c) * D + d
@@ -790,14 +865,14 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                     if HAS_BIAS:
                         raw += bias
                     if SOFTPLUS:
-                        dt = tl.where(raw <= 20.0, tl.log(1.0 + tl.exp(raw)), raw)
+                        dt = tl.where(raw <= 20.0, _log(1.0 + tl.exp2(raw * 1.4426950408889634)), raw)
                     else:
                         dt = raw
                     u = u_a.to(tl.float32)
                     go = g_a.to(tl.float32)
                     if HAS_Z:
                         zz = z_a.to(tl.float32)
-                        sig = 1.0 / (1.0 + tl.exp(-zz))
+                        sig = 1.0 / (1.0 + tl.exp2(zz * -1.4426950408889634))
                         gy = go * zz * sig
                     else:
                         gy = go
@@ -833,10 +908,18 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                     muh = mu * hx
                     gA_acc += muh * dt[None, :]
                     # A2 carries log2(e): the A term is scaled back by ln(2) after the sum over states
-                    gdt = tl.reduce(mu * (u[None, :] * Bt), 0, _add) + tl.reduce(muh * A2, 0, _add) * 0.6931471805599453
-                    gu = dt * tl.reduce(mu * Bt, 0, _add)
+                    muB = tl.reduce(mu * Bt, 0, _add)  # (BD,): shared by the u and delta gradients
+                    gdt = u * muB + tl.reduce(muh * A2, 0, _add) * 0.6931471805599453
+                    gu = dt * muB
                     y = tl.reduce(Ct * h, 0, _add)
-                    if ONE_GROUP:
+                    if LANE_SUMS:
+                        # every row of a `_lane_sums` result is the same: take row 0 without arithmetic
+                        gBl = tl.reduce(_lane_sums(mu * dtu[None, :]), 0, _keep_first)  # (BD,)
+                        gCl = tl.reduce(_lane_sums(h * gy[None, :]), 0, _keep_first)
+                        row = (pid_b * L + t) * (G * N) + g0 * N
+                        tl.atomic_add(gB_ptr + row + lane_state, gBl, mask=lane_first, sem="relaxed")
+                        tl.atomic_add(gC_ptr + row + lane_state, gCl, mask=lane_first, sem="relaxed")
+                    elif ONE_GROUP:
                         gBt, gCt = tl.reduce((mu * dtu[None, :], h * gy[None, :]), 1, _add_pair)  # (NP,) each
                         bc = (pid_b * L + t) * (G * N) + g0 * N + n + (unit - 1)  # through `unit`: not vectorised
                         tl.atomic_add(gB_ptr + bc, gBt, mask=nmask, sem="relaxed")
@@ -853,7 +936,7 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                     if HAS_Z:
                         tl.store(gz_ptr + off, go * y * sig * (1.0 + zz * (1.0 - sig)), mask=dmask)
                     if SOFTPLUS:
-                        gdt = tl.where(raw <= 20.0, gdt / (1.0 + tl.exp(-raw)), gdt)
+                        gdt = tl.where(raw <= 20.0, gdt / (1.0 + tl.exp2(raw * -1.4426950408889634)), gdt)
                     if HAS_BIAS:
                         gb_acc += gdt
                     tl.store(gu_ptr + off, gu, mask=dmask)
@@ -908,7 +991,11 @@ def _kernel(name: str, device: torch.device):
     if name not in _INTERPRETED:
         from triton.runtime.interpreter import InterpretedFunction
 
-        _INTERPRETED[name] = InterpretedFunction(_RAW[name])
+        raw = _RAW[name]
+        # the same code with the interpreter's helpers bound to the helper names
+        fn = types.FunctionType(raw.__code__, {**raw.__globals__, **_INTERPRETER_HELPERS}, raw.__name__,
+                                raw.__defaults__, raw.__closure__)
+        _INTERPRETED[name] = InterpretedFunction(fn)
     return _INTERPRETED[name]
 
 
@@ -924,13 +1011,16 @@ class ScanConfig:
     interpreting on CPU); seq_piece: steps whose states a "seq" program keeps at once (divides sub; below sub
     it replays each sub-tile once more to find the piece starts), so each program's scratch slot is
     (seq_piece + sub / seq_piece) x dstate x seq_block_d fp32. unit_add: the form of the offsets that keep
-    each channel's states in one thread (see the note above _COMPILED; False is the earlier form)."""
+    each channel's states in one thread (see the note above _COMPILED; False is the earlier form).
+    lane_sums: in the "seq" backward, sum dB and dC over the warp's channels with one reduce-scatter
+    (`_lane_sums`) instead of a butterfly per state; it applies with dstate 16, seq_block_d 32, one warp and
+    a channel block inside one group, and the plain sums are used otherwise."""
 
     def __init__(self, chunk=None, sub=DEFAULT_SUB, block_d=DEFAULT_BLOCK_D, warps=DEFAULT_WARPS,
                  bwd_block_d=DEFAULT_BWD_BLOCK_D, bwd_warps=DEFAULT_BWD_WARPS, carry_block=DEFAULT_CARRY_BLOCK,
                  native_reverse_scan=True, bwd_mode=DEFAULT_BWD_MODE, seq_block_d=DEFAULT_SEQ_BLOCK_D,
                  seq_warps=DEFAULT_SEQ_WARPS, seq_programs_per_sm=DEFAULT_SEQ_PROGRAMS_PER_SM,
-                 seq_piece=DEFAULT_SEQ_PIECE, unit_add=True):
+                 seq_piece=DEFAULT_SEQ_PIECE, unit_add=True, lane_sums=DEFAULT_LANE_SUMS):
         if chunk is not None and chunk % sub:
             raise ValueError(f"chunk {chunk} must be a multiple of sub {sub}")
         for name, v in (("sub", sub), ("block_d", block_d), ("bwd_block_d", bwd_block_d),
@@ -954,6 +1044,7 @@ class ScanConfig:
         self.bwd_mode, self.seq_block_d, self.seq_warps = bwd_mode, seq_block_d, seq_warps
         self.seq_programs_per_sm, self.seq_piece = seq_programs_per_sm, seq_piece
         self.unit_add = unit_add  # which form of the `unit` offsets (see the note above _COMPILED)
+        self.lane_sums = lane_sums
 
     def _fields(self):
         return dict(chunk=self.chunk, sub=self.sub, block_d=self.block_d, warps=self.warps,
@@ -961,7 +1052,7 @@ class ScanConfig:
                     native_reverse_scan=self.native_reverse_scan, bwd_mode=self.bwd_mode,
                     seq_block_d=self.seq_block_d, seq_warps=self.seq_warps,
                     seq_programs_per_sm=self.seq_programs_per_sm, seq_piece=self.seq_piece,
-                    unit_add=self.unit_add)
+                    unit_add=self.unit_add, lane_sums=self.lane_sums)
 
     def resolve(self, batch: int, seqlen: int, dim: int) -> "ScanConfig":
         """A copy with `chunk` fixed. Auto: the largest power of two up to 1024 that still gives about
@@ -1100,8 +1191,9 @@ def scan_bwd(gout, gfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
             L, dim, G, nchunks, nsub, ndblk, nwork, nprog, 1,
             N=N, CHUNK=cfg.chunk, SUB=cfg.sub, BD=cfg.seq_block_d, NP=NP, HAS_D=D is not None,
             PIECE=cfg.seq_piece, TWO_LEVEL=cfg.seq_piece < cfg.sub, UNIT_ADD=cfg.unit_add, num_warps=cfg.seq_warps,
-            **common,
-            **_flags(dim, G, cfg.seq_block_d))
+            LANE_SUMS=cfg.lane_sums and N == 16 and cfg.seq_block_d == 32 and cfg.seq_warps == 1
+            and _flags(dim, G, cfg.seq_block_d)["ONE_GROUP"],
+            **common, **_flags(dim, G, cfg.seq_block_d))
     else:
         grid = (nchunks, triton.cdiv(dim, cfg.bwd_block_d), batch)
         _kernel("_bwd_out_kernel", dev)[grid](
@@ -1181,7 +1273,11 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
         return (t if dtype is None else t.to(dtype)).contiguous()
 
     h0 = prep(initial_state, torch.float32)
-    y, final = SelectiveScanFn.apply(prep(u), prep(delta), prep(A, torch.float32), prep(B), prep(C),
+    # B and C go in as fp32: every thread reads all dstate values of both at every step, and unpacking
+    # 16-bit values costs one or two instructions each, a fifth of the output pass's loop. The copies
+    # are (batch, seqlen, ngroups, dstate), small beside the (batch, seqlen, dim) tensors.
+    y, final = SelectiveScanFn.apply(prep(u), prep(delta), prep(A, torch.float32), prep(B, torch.float32),
+                                     prep(C, torch.float32),
                                      prep(D, torch.float32), prep(z), prep(delta_bias, torch.float32), h0,
                                      bool(delta_softplus), seq_idx, nseq, cfg)
     if cu_seqlens is not None and initial_state is not None:

@@ -15,10 +15,15 @@ TOL = {torch.float32: dict(rtol=6e-4, atol=2e-3), torch.float16: dict(rtol=3e-3,
        torch.bfloat16: dict(rtol=3e-2, atol=5e-2)}
 
 
-@pytest.fixture(params=("tile", "seq"))
+# the defaults of each backward mode, and "seq" with the per-state channel sums and 32-step checkpoints
+GPU_CONFIGS = {"tile": dict(bwd_mode="tile"), "seq": dict(bwd_mode="seq"),
+               "seq_plain_sums_sub32": dict(bwd_mode="seq", lane_sums=False, sub=32)}
+
+
+@pytest.fixture(params=list(GPU_CONFIGS))
 def scan(request):
     """The Triton scan at the default launch shapes, with each backward mode."""
-    cfg = ScanConfig(bwd_mode=request.param)
+    cfg = ScanConfig(**GPU_CONFIGS[request.param])
 
     def run(*args, **kw):
         return selective_scan_triton(*args, config=cfg, **kw)

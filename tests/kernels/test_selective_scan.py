@@ -219,3 +219,70 @@ def test_config_rejects_bad_backward_settings():
         ScanConfig(sub=32, seq_piece=64)
     with pytest.raises(ValueError, match="seq_piece"):
         ScanConfig(seq_piece=6)
+
+
+def run_lane_sums_ptx(values):
+    """Execute the `_lane_sums` PTX for one warp: values (32 lanes, 16) -> outputs (32 lanes, 16).
+
+    A small model of the six instructions the generated code uses, per lane, with shfl.sync.bfly
+    reading the partner lane's register as it stood before the instruction."""
+    from dnamamba_kernels.triton_scan import _lane_sums_ptx
+
+    regs = [{"%laneid": lane, **{f"${16 + j}": float(values[lane][j]) for j in range(16)}} for lane in range(32)]
+
+    def val(r, x):
+        if x in r:
+            return r[x]
+        return int(x, 0)
+
+    for line in _lane_sums_ptx().splitlines():
+        line = line.strip().rstrip(";")
+        if line in ("{", "}") or line.startswith(".reg"):
+            continue
+        op, args = line.split(None, 1)
+        a = [x.strip() for x in args.split(",")]
+        if op.startswith("shfl.sync.bfly"):
+            before = [dict(r) for r in regs]
+            for lane, r in enumerate(regs):
+                r[a[0]] = before[lane ^ val(r, a[2])][a[1]]
+            continue
+        for r in regs:
+            if op in ("mov.u32", "mov.b32"):
+                r[a[0]] = val(r, a[1])
+            elif op == "and.b32":
+                r[a[0]] = val(r, a[1]) & val(r, a[2])
+            elif op == "setp.ne.u32":
+                r[a[0]] = val(r, a[1]) != val(r, a[2])
+            elif op == "selp.b32":
+                r[a[0]] = val(r, a[1]) if r[a[3]] else val(r, a[2])
+            elif op == "add.f32":
+                r[a[0]] = val(r, a[1]) + val(r, a[2])
+            else:
+                raise AssertionError(f"the model does not know {op!r}")
+    return torch.tensor([[r[f"${j}"] for j in range(16)] for r in regs], dtype=torch.float64)
+
+
+def test_lane_sums_ptx_leaves_each_state_sum_where_the_kernel_reads_it():
+    """The reduce-scatter PTX, run lane by lane: lane j (and j + 16) must end with the sum over all 32
+    lanes of state bitrev4(j) in every output, which is where `_bwd_seq_kernel` reads it."""
+    x = torch.randn(32, 16, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    out = run_lane_sums_ptx(x.tolist())
+    sums = x.sum(0)  # (16,)
+    for lane in range(32):
+        j = lane & 15
+        state = ((j & 1) << 3) | ((j & 2) << 1) | ((j & 4) >> 1) | ((j & 8) >> 3)
+        torch.testing.assert_close(out[lane], sums[state].expand(16), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dim,ngroups", [(70, 1), (64, 2)])
+def test_seq_lane_sums_matches_reference(interpret, dim, ngroups):
+    """The lane-sum path of the "seq" backward (32 channels a program, dstate 16), interpreted with the
+    reference placement of the sums: a ragged last channel block (70) and two groups of 32 channels."""
+    cfg = ScanConfig(**{**SMALL["seq"]._fields(), "seq_block_d": 32, "sub": 8, "lane_sums": True})
+    tensors = make_inputs(1, 37, dim, 16, ngroups, seed=dim)
+    gy = torch.randn(1, 37, dim, generator=torch.Generator().manual_seed(3))
+    y, f, g = run_scan(lambda *a, **k: selective_scan_triton(*a, config=cfg, **k), tensors, grad_out=gy)
+    y_r, f_r, g_r = run_scan(selective_scan_ref, as64(tensors), grad_out=gy.double())
+    torch.testing.assert_close(y.double(), y_r, **TOL[torch.float32])
+    for k in g:
+        torch.testing.assert_close(g[k].double(), g_r[k], **TOL[torch.float32], msg=lambda m, k=k: f"grad {k}: {m}")

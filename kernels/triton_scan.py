@@ -658,7 +658,8 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                     N: tl.constexpr, CHUNK: tl.constexpr, SUB: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr,
                     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                     PACKED: tl.constexpr, HAS_H0: tl.constexpr, HAS_GFIN: tl.constexpr, ONE_GROUP: tl.constexpr,
-                    PIECE: tl.constexpr, TWO_LEVEL: tl.constexpr, UNIT_ADD: tl.constexpr, LANE_SUMS: tl.constexpr):
+                    PIECE: tl.constexpr, TWO_LEVEL: tl.constexpr, UNIT_ADD: tl.constexpr, LANE_SUMS: tl.constexpr,
+                    PREFETCH_H: tl.constexpr):
     # Persistent: program `pid` owns scratch slot `pid` and takes work items pid, pid + nprog, ...; an item
     # is (channel block, chunk, batch), channel block fastest so programs running together share B/C rows.
     pid = tl.program_id(0)
@@ -849,8 +850,17 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                 C_b = tl.load(C_ptr + bc, mask=bmask, other=0.0)
                 if HAS_Z:
                     z_b = tl.load(z_ptr + ud, mask=dmask, other=0.0)
+                if PREFETCH_H:
+                    h_a = tl.load(scratch_ptr + slot + (last - ps0) * (NP * BD) + sc, mask=m2, other=0.0)
                 for i in tl.range(0, ps1 - ps0, loop_unroll_factor=2):
                     t = last - i
+                    if PREFETCH_H:
+                        # the next (earlier) step's state, loaded a step ahead so its latency overlaps this step
+                        h = h_a
+                        h_a = tl.load(scratch_ptr + slot + (tl.maximum(t - 1, first) - ps0) * (NP * BD) + sc, mask=m2,
+                                      other=0.0)
+                    else:
+                        h = tl.load(scratch_ptr + slot + (t - ps0) * (NP * BD) + sc, mask=m2, other=0.0)  # state after t
                     t_c = tl.maximum(t - 2, first)
                     ud = (pid_b * L + t_c) * D + d
                     bc = (pid_b * L + t_c) * (G * N) + bc0
@@ -882,7 +892,6 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                     else:
                         Bt = B_a.to(tl.float32)
                         Ct = C_a.to(tl.float32)
-                    h = tl.load(scratch_ptr + slot + (t - ps0) * (NP * BD) + sc, mask=m2, other=0.0)  # state after t
                     dtu = dt * u
                     hx = h - dtu[None, :] * Bt  # a_t h_{t-1}: the decayed previous state (a_t h0 at a sequence start)
                     c = Ct * gy[None, :]
@@ -1014,13 +1023,19 @@ class ScanConfig:
     each channel's states in one thread (see the note above _COMPILED; False is the earlier form).
     lane_sums: in the "seq" backward, sum dB and dC over the warp's channels with one reduce-scatter
     (`_lane_sums`) instead of a butterfly per state; it applies with dstate 16, seq_block_d 32, one warp and
-    a channel block inside one group, and the plain sums are used otherwise."""
+    a channel block inside one group, and the plain sums are used otherwise.
+    fwd_maxnreg / bwd_chunk_maxnreg / seq_maxnreg: a register cap per thread for the two forward passes, the
+    backward recompute and the "seq" kernel (None: the compiler's choice). Registers decide how many programs
+    fit on an SM, so a lower cap trades spills for occupancy; with "seq", set seq_programs_per_sm to what
+    fits (65536 / (32 * seq_warps * cap)). seq_prefetch_h: in the "seq" backward walk, load each step's
+    state from the scratch slot one step ahead."""
 
     def __init__(self, chunk=None, sub=DEFAULT_SUB, block_d=DEFAULT_BLOCK_D, warps=DEFAULT_WARPS,
                  bwd_block_d=DEFAULT_BWD_BLOCK_D, bwd_warps=DEFAULT_BWD_WARPS, carry_block=DEFAULT_CARRY_BLOCK,
                  native_reverse_scan=True, bwd_mode=DEFAULT_BWD_MODE, seq_block_d=DEFAULT_SEQ_BLOCK_D,
                  seq_warps=DEFAULT_SEQ_WARPS, seq_programs_per_sm=DEFAULT_SEQ_PROGRAMS_PER_SM,
-                 seq_piece=DEFAULT_SEQ_PIECE, unit_add=True, lane_sums=DEFAULT_LANE_SUMS):
+                 seq_piece=DEFAULT_SEQ_PIECE, unit_add=True, lane_sums=DEFAULT_LANE_SUMS, fwd_maxnreg=None,
+                 bwd_chunk_maxnreg=None, seq_maxnreg=None, seq_prefetch_h=False):
         if chunk is not None and chunk % sub:
             raise ValueError(f"chunk {chunk} must be a multiple of sub {sub}")
         for name, v in (("sub", sub), ("block_d", block_d), ("bwd_block_d", bwd_block_d),
@@ -1033,6 +1048,10 @@ class ScanConfig:
             raise ValueError(f"seq_piece {seq_piece} must divide sub {sub}")
         if seq_programs_per_sm < 1:
             raise ValueError(f"seq_programs_per_sm must be at least 1, got {seq_programs_per_sm}")
+        for name, v in (("fwd_maxnreg", fwd_maxnreg), ("bwd_chunk_maxnreg", bwd_chunk_maxnreg),
+                        ("seq_maxnreg", seq_maxnreg)):
+            if v is not None and not 24 <= v <= 255:
+                raise ValueError(f"{name} must be None or a register count from 24 to 255, got {v}")
         self.chunk, self.sub, self.block_d, self.warps = chunk, sub, block_d, warps
         self.bwd_block_d, self.bwd_warps, self.carry_block = bwd_block_d, bwd_warps, carry_block
         # True: Triton's reverse=True scan. False: flip, forward scan, flip back, kept as a fallback
@@ -1045,6 +1064,8 @@ class ScanConfig:
         self.seq_programs_per_sm, self.seq_piece = seq_programs_per_sm, seq_piece
         self.unit_add = unit_add  # which form of the `unit` offsets (see the note above _COMPILED)
         self.lane_sums = lane_sums
+        self.fwd_maxnreg, self.bwd_chunk_maxnreg, self.seq_maxnreg = fwd_maxnreg, bwd_chunk_maxnreg, seq_maxnreg
+        self.seq_prefetch_h = seq_prefetch_h
 
     def _fields(self):
         return dict(chunk=self.chunk, sub=self.sub, block_d=self.block_d, warps=self.warps,
@@ -1052,7 +1073,9 @@ class ScanConfig:
                     native_reverse_scan=self.native_reverse_scan, bwd_mode=self.bwd_mode,
                     seq_block_d=self.seq_block_d, seq_warps=self.seq_warps,
                     seq_programs_per_sm=self.seq_programs_per_sm, seq_piece=self.seq_piece,
-                    unit_add=self.unit_add, lane_sums=self.lane_sums)
+                    unit_add=self.unit_add, lane_sums=self.lane_sums, fwd_maxnreg=self.fwd_maxnreg,
+                    bwd_chunk_maxnreg=self.bwd_chunk_maxnreg, seq_maxnreg=self.seq_maxnreg,
+                    seq_prefetch_h=self.seq_prefetch_h)
 
     def resolve(self, batch: int, seqlen: int, dim: int) -> "ScanConfig":
         """A copy with `chunk` fixed. Auto: the largest power of two up to 1024 that still gives about
@@ -1122,7 +1145,7 @@ def scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, seq_idx, n
     _kernel("_chunk_end_kernel", dev)[grid](
         u, delta, At, B, delta_bias if delta_bias is not None else dummy, seq_idx if packed else dummy,
         h0 if h0 is not None else dummy, hend, P, L, dim, G, nchunks, 1,
-        N=N, CHUNK=cfg.chunk, BD=cfg.block_d, NP=NP, num_warps=cfg.warps, **common)
+        N=N, CHUNK=cfg.chunk, BD=cfg.block_d, NP=NP, num_warps=cfg.warps, maxnreg=cfg.fwd_maxnreg, **common)
     # The carry works on (N, D)-ordered slabs; the contract's initial state is (D, N).
     init = None if (packed or h0 is None) else h0.transpose(1, 2).contiguous()
     hstart, last = _carry(P, hend, init, False, cfg)
@@ -1136,7 +1159,7 @@ def scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, seq_idx, n
         delta_bias if delta_bias is not None else dummy, seq_idx if packed else dummy,
         h0 if h0 is not None else dummy, hstart, out, final, L, dim, G, nchunks, 1,
         N=N, CHUNK=cfg.chunk, BD=cfg.block_d, NP=NP, HAS_D=D is not None, HAS_Z=z is not None,
-        num_warps=cfg.warps, **common)
+        num_warps=cfg.warps, maxnreg=cfg.fwd_maxnreg, **common)
     return out, final, hstart, P
 
 
@@ -1163,6 +1186,7 @@ def scan_bwd(gout, gfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
         seq_idx if packed else dummy, h0 if h0 is not None else dummy, gfinal if gfinal is not None else dummy,
         hstart, hsub, local, L, dim, G, nchunks, 1, nsub,
         N=N, CHUNK=cfg.chunk, SUB=cfg.sub, BD=cfg.block_d, NP=NP, num_warps=cfg.warps, UNIT_ADD=cfg.unit_add,
+        maxnreg=cfg.bwd_chunk_maxnreg,
         **common, **_flags(dim, G, cfg.block_d))
     init = None if (packed or gfinal is None) else gfinal.transpose(1, 2).contiguous()
     nu, gh_first = _carry(P, local, init, True, cfg)  # nu[c]: adjoint at chunk c's end, from later steps
@@ -1191,8 +1215,13 @@ def scan_bwd(gout, gfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
             L, dim, G, nchunks, nsub, ndblk, nwork, nprog, 1,
             N=N, CHUNK=cfg.chunk, SUB=cfg.sub, BD=cfg.seq_block_d, NP=NP, HAS_D=D is not None,
             PIECE=cfg.seq_piece, TWO_LEVEL=cfg.seq_piece < cfg.sub, UNIT_ADD=cfg.unit_add, num_warps=cfg.seq_warps,
-            LANE_SUMS=cfg.lane_sums and N == 16 and cfg.seq_block_d == 32 and cfg.seq_warps == 1
-            and _flags(dim, G, cfg.seq_block_d)["ONE_GROUP"],
+            maxnreg=cfg.seq_maxnreg, PREFETCH_H=cfg.seq_prefetch_h,
+            # The PTX needs each lane to hold one channel's 16 states in order. That is the layout of the
+            # `unit_add` offsets without packed sequences; the packed path's initial-state and final-state
+            # tiles are dstate-contiguous, and the compiler then lays the state tiles out differently
+            # (the GPU tests caught wrong dB/dC there), so those take the plain sums.
+            LANE_SUMS=cfg.lane_sums and N == 16 and cfg.seq_block_d == 32 and cfg.seq_warps == 1 and cfg.unit_add
+            and not packed and _flags(dim, G, cfg.seq_block_d)["ONE_GROUP"],
             **common, **_flags(dim, G, cfg.seq_block_d))
     else:
         grid = (nchunks, triton.cdiv(dim, cfg.bwd_block_d), batch)

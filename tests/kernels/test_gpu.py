@@ -97,3 +97,19 @@ def test_int64_offsets_past_2_31_elements(scan):
             torch.testing.assert_close(leaf.grad[:, sl][:, keep].double(), w.grad[:, keep], rtol=3e-2, atol=5e-2)
         if s == L - W:
             torch.testing.assert_close(final.double(), f_r, rtol=6e-4, atol=2e-3)
+
+
+@pytest.mark.parametrize("opts", [dict(), dict(use_D=False, use_z=False, use_bias=False, softplus=False, use_h0=False)],
+                         ids=["all_options", "no_options"])
+@pytest.mark.parametrize("cfg", [dict(lane_sums=True), dict(lane_sums=True, seq_prefetch_h=True, seq_maxnreg=224,
+                                                              seq_programs_per_sm=9)], ids=["lane_sums", "prefetch"])
+def test_gpu_lane_sums_match_reference(opts, cfg):
+    """The PTX channel sums of the "seq" backward (one group, 160 channels: five blocks of 32) against float64."""
+    tensors = make_inputs(2, 1500, 160, 16, 1, seed=11, device="cuda")
+    gy = torch.randn(2, 1500, 160, device="cuda")
+    scan = ScanConfig(bwd_mode="seq", **cfg)
+    y, f, g = run_scan(lambda *a, **k: selective_scan_triton(*a, config=scan, **k), tensors, grad_out=gy, **opts)
+    y_r, f_r, g_r = run_scan(selective_scan_ref, as64(tensors), grad_out=gy.double(), **opts)
+    torch.testing.assert_close(y.double(), y_r, **TOL[torch.float32])
+    for k in g:
+        torch.testing.assert_close(g[k].double(), g_r[k], **TOL[torch.float32], msg=lambda m, k=k: f"grad {k}: {m}")

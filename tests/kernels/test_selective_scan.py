@@ -274,11 +274,13 @@ def test_lane_sums_ptx_leaves_each_state_sum_where_the_kernel_reads_it():
         torch.testing.assert_close(out[lane], sums[state].expand(16), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("dim,ngroups", [(70, 1), (64, 2)])
-def test_seq_lane_sums_matches_reference(interpret, dim, ngroups):
+@pytest.mark.parametrize("dim,ngroups,prefetch", [(70, 1, False), (64, 2, True)])
+def test_seq_lane_sums_matches_reference(interpret, dim, ngroups, prefetch):
     """The lane-sum path of the "seq" backward (32 channels a program, dstate 16), interpreted with the
-    reference placement of the sums: a ragged last channel block (70) and two groups of 32 channels."""
-    cfg = ScanConfig(**{**SMALL["seq"]._fields(), "seq_block_d": 32, "sub": 8, "lane_sums": True})
+    reference placement of the sums: a ragged last channel block (70) and two groups of 32 channels;
+    the second also loads each state a step ahead (seq_prefetch_h)."""
+    cfg = ScanConfig(**{**SMALL["seq"]._fields(), "seq_block_d": 32, "sub": 8, "lane_sums": True,
+                        "seq_prefetch_h": prefetch})
     tensors = make_inputs(1, 37, dim, 16, ngroups, seed=dim)
     gy = torch.randn(1, 37, dim, generator=torch.Generator().manual_seed(3))
     y, f, g = run_scan(lambda *a, **k: selective_scan_triton(*a, config=cfg, **k), tensors, grad_out=gy)

@@ -66,6 +66,8 @@ DEFAULT_SEQ_WARPS = 1
 DEFAULT_SEQ_PROGRAMS_PER_SM = 8
 DEFAULT_SEQ_PIECE = 8
 DEFAULT_LANE_SUMS = True
+# 168 registers let three 4-warp `_bwd_chunk_kernel` programs share an SM instead of two
+DEFAULT_BWD_CHUNK_MAXNREG = 168
 
 
 # The scan combine functions are always compiled-mode JITFunctions: the interpreter calls their
@@ -659,9 +661,10 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                     PACKED: tl.constexpr, HAS_H0: tl.constexpr, HAS_GFIN: tl.constexpr, ONE_GROUP: tl.constexpr,
                     PIECE: tl.constexpr, TWO_LEVEL: tl.constexpr, UNIT_ADD: tl.constexpr, LANE_SUMS: tl.constexpr,
-                    PREFETCH_H: tl.constexpr):
+                    PREFETCH_H: tl.constexpr, CHUNKS_FIRST: tl.constexpr):
     # Persistent: program `pid` owns scratch slot `pid` and takes work items pid, pid + nprog, ...; an item
-    # is (channel block, chunk, batch), channel block fastest so programs running together share B/C rows.
+    # is (channel block, chunk, batch), by default channel block fastest so programs running together share
+    # B/C rows (CHUNKS_FIRST: chunk fastest).
     pid = tl.program_id(0)
     n = tl.arange(0, NP)  # (NP,)
     nmask = n < N
@@ -682,8 +685,13 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
         lane_first = lane < 16  # lanes 16-31 hold the same sums again
     dpg = D // G
     for w in range(pid, nwork, nprog):
-        pid_d = w % ndblk
-        pid_c = (w // ndblk) % nchunks
+        if CHUNKS_FIRST:
+            # programs running together take different chunks: their dB/dC atomics go to different rows
+            pid_c = w % nchunks
+            pid_d = (w // nchunks) % ndblk
+        else:
+            pid_d = w % ndblk
+            pid_c = (w // ndblk) % nchunks
         pid_b = (w // (ndblk * nchunks)).to(tl.int64)
         d = pid_d * BD + tl.arange(0, BD)  # (BD,)
         if UNIT_ADD:
@@ -1028,14 +1036,16 @@ class ScanConfig:
     backward recompute and the "seq" kernel (None: the compiler's choice). Registers decide how many programs
     fit on an SM, so a lower cap trades spills for occupancy; with "seq", set seq_programs_per_sm to what
     fits (65536 / (32 * seq_warps * cap)). seq_prefetch_h: in the "seq" backward walk, load each step's
-    state from the scratch slot one step ahead."""
+    state from the scratch slot one step ahead. seq_chunks_first: hand out "seq" work items chunk-first
+    rather than channel-block-first."""
 
     def __init__(self, chunk=None, sub=DEFAULT_SUB, block_d=DEFAULT_BLOCK_D, warps=DEFAULT_WARPS,
                  bwd_block_d=DEFAULT_BWD_BLOCK_D, bwd_warps=DEFAULT_BWD_WARPS, carry_block=DEFAULT_CARRY_BLOCK,
                  native_reverse_scan=True, bwd_mode=DEFAULT_BWD_MODE, seq_block_d=DEFAULT_SEQ_BLOCK_D,
                  seq_warps=DEFAULT_SEQ_WARPS, seq_programs_per_sm=DEFAULT_SEQ_PROGRAMS_PER_SM,
                  seq_piece=DEFAULT_SEQ_PIECE, unit_add=True, lane_sums=DEFAULT_LANE_SUMS, fwd_maxnreg=None,
-                 bwd_chunk_maxnreg=None, seq_maxnreg=None, seq_prefetch_h=False):
+                 bwd_chunk_maxnreg=DEFAULT_BWD_CHUNK_MAXNREG, seq_maxnreg=None, seq_prefetch_h=False,
+                 seq_chunks_first=False):
         if chunk is not None and chunk % sub:
             raise ValueError(f"chunk {chunk} must be a multiple of sub {sub}")
         for name, v in (("sub", sub), ("block_d", block_d), ("bwd_block_d", bwd_block_d),
@@ -1065,7 +1075,7 @@ class ScanConfig:
         self.unit_add = unit_add  # which form of the `unit` offsets (see the note above _COMPILED)
         self.lane_sums = lane_sums
         self.fwd_maxnreg, self.bwd_chunk_maxnreg, self.seq_maxnreg = fwd_maxnreg, bwd_chunk_maxnreg, seq_maxnreg
-        self.seq_prefetch_h = seq_prefetch_h
+        self.seq_prefetch_h, self.seq_chunks_first = seq_prefetch_h, seq_chunks_first
 
     def _fields(self):
         return dict(chunk=self.chunk, sub=self.sub, block_d=self.block_d, warps=self.warps,
@@ -1075,7 +1085,7 @@ class ScanConfig:
                     seq_programs_per_sm=self.seq_programs_per_sm, seq_piece=self.seq_piece,
                     unit_add=self.unit_add, lane_sums=self.lane_sums, fwd_maxnreg=self.fwd_maxnreg,
                     bwd_chunk_maxnreg=self.bwd_chunk_maxnreg, seq_maxnreg=self.seq_maxnreg,
-                    seq_prefetch_h=self.seq_prefetch_h)
+                    seq_prefetch_h=self.seq_prefetch_h, seq_chunks_first=self.seq_chunks_first)
 
     def resolve(self, batch: int, seqlen: int, dim: int) -> "ScanConfig":
         """A copy with `chunk` fixed. Auto: the largest power of two up to 1024 that still gives about
@@ -1215,7 +1225,7 @@ def scan_bwd(gout, gfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
             L, dim, G, nchunks, nsub, ndblk, nwork, nprog, 1,
             N=N, CHUNK=cfg.chunk, SUB=cfg.sub, BD=cfg.seq_block_d, NP=NP, HAS_D=D is not None,
             PIECE=cfg.seq_piece, TWO_LEVEL=cfg.seq_piece < cfg.sub, UNIT_ADD=cfg.unit_add, num_warps=cfg.seq_warps,
-            maxnreg=cfg.seq_maxnreg, PREFETCH_H=cfg.seq_prefetch_h,
+            maxnreg=cfg.seq_maxnreg, PREFETCH_H=cfg.seq_prefetch_h, CHUNKS_FIRST=cfg.seq_chunks_first,
             # The PTX needs each lane to hold one channel's 16 states in order. That is the layout of the
             # `unit_add` offsets without packed sequences; the packed path's initial-state and final-state
             # tiles are dstate-contiguous, and the compiler then lays the state tiles out differently

@@ -106,6 +106,8 @@ def test_int64_offsets_past_2_31_elements(scan):
 def test_gpu_lane_sums_match_reference(opts, cfg):
     """The PTX channel sums of the "seq" backward (one group, 160 channels: five blocks of 32) against float64."""
     tensors = make_inputs(2, 1500, 160, 16, 1, seed=11, device="cuda")
+    if not opts.get("softplus", True):
+        tensors[1] = tensors[1].abs()  # a negative step size grows the state past fp32 over 1500 steps
     gy = torch.randn(2, 1500, 160, device="cuda")
     scan = ScanConfig(bwd_mode="seq", **cfg)
     y, f, g = run_scan(lambda *a, **k: selective_scan_triton(*a, config=scan, **k), tensors, grad_out=gy, **opts)

@@ -154,9 +154,10 @@ BWD_VARIANTS = [dict(bwd_mode="seq", seq_piece=16), dict(bwd_mode="seq", sub=64)
 
 
 # --variants: each changes one or two launch settings of the default configuration, at L=2^20
-VARIANTS = [dict(lane_sums=False), dict(sub=32), dict(bwd_chunk_maxnreg=None), dict(bwd_chunk_maxnreg=128),
-            dict(seq_chunks_first=True), dict(seq_prefetch_h=True), dict(seq_maxnreg=168, seq_programs_per_sm=12),
-            dict(fwd_maxnreg=102), dict(seq_programs_per_sm=7), dict(seq_programs_per_sm=6)]
+VARIANTS = [dict(seq_prefetch_bc=False), dict(seq_prefetch_bc=False, seq_maxnreg=224, seq_programs_per_sm=9),
+            dict(seq_prefetch_bc=False, seq_maxnreg=200, seq_programs_per_sm=10),
+            dict(seq_prefetch_bc=False, seq_maxnreg=200, seq_programs_per_sm=10, sub=32),
+            dict(lane_sums=False), dict(sub=32), dict(bwd_chunk_maxnreg=None), dict(seq_programs_per_sm=7)]
 
 
 def check_float64(cfg):

@@ -661,7 +661,7 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                     PACKED: tl.constexpr, HAS_H0: tl.constexpr, HAS_GFIN: tl.constexpr, ONE_GROUP: tl.constexpr,
                     PIECE: tl.constexpr, TWO_LEVEL: tl.constexpr, UNIT_ADD: tl.constexpr, LANE_SUMS: tl.constexpr,
-                    PREFETCH_H: tl.constexpr, CHUNKS_FIRST: tl.constexpr):
+                    PREFETCH_H: tl.constexpr, CHUNKS_FIRST: tl.constexpr, PREFETCH_BC: tl.constexpr):
     # Persistent: program `pid` owns scratch slot `pid` and takes work items pid, pid + nprog, ...; an item
     # is (channel block, chunk, batch), by default channel block fastest so programs running together share
     # B/C rows (CHUNKS_FIRST: chunk fastest).
@@ -875,8 +875,14 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                     dt_c = tl.load(dt_ptr + ud, mask=dmask, other=0.0)
                     u_c = tl.load(u_ptr + ud, mask=dmask, other=0.0)
                     g_c = tl.load(gout_ptr + ud, mask=dmask, other=0.0)
-                    B_c = tl.load(B_ptr + bc, mask=bmask, other=0.0)
-                    C_c = tl.load(C_ptr + bc, mask=bmask, other=0.0)
+                    if PREFETCH_BC:
+                        B_c = tl.load(B_ptr + bc, mask=bmask, other=0.0)
+                        C_c = tl.load(C_ptr + bc, mask=bmask, other=0.0)
+                    else:
+                        # B and C of this step, loaded here: 64 fewer registers than holding two steps ahead
+                        bc = (pid_b * L + t) * (G * N) + bc0
+                        B_a = tl.load(B_ptr + bc, mask=bmask, other=0.0)
+                        C_a = tl.load(C_ptr + bc, mask=bmask, other=0.0)
                     if HAS_Z:
                         z_c = tl.load(z_ptr + ud, mask=dmask, other=0.0)
                     raw = dt_a.to(tl.float32)
@@ -961,13 +967,14 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                     dt_a = dt_b
                     u_a = u_b
                     g_a = g_b
-                    B_a = B_b
-                    C_a = C_b
                     dt_b = dt_c
                     u_b = u_c
                     g_b = g_c
-                    B_b = B_c
-                    C_b = C_c
+                    if PREFETCH_BC:
+                        B_a = B_b
+                        C_a = C_b
+                        B_b = B_c
+                        C_b = C_c
                     if HAS_Z:
                         z_a = z_b
                         z_b = z_c
@@ -1037,7 +1044,8 @@ class ScanConfig:
     fit on an SM, so a lower cap trades spills for occupancy; with "seq", set seq_programs_per_sm to what
     fits (65536 / (32 * seq_warps * cap)). seq_prefetch_h: in the "seq" backward walk, load each step's
     state from the scratch slot one step ahead. seq_chunks_first: hand out "seq" work items chunk-first
-    rather than channel-block-first."""
+    rather than channel-block-first. seq_prefetch_bc: in the backward walk, load B and C two steps ahead like
+    the other inputs (False: at the step, which frees 64 registers for a lower seq_maxnreg)."""
 
     def __init__(self, chunk=None, sub=DEFAULT_SUB, block_d=DEFAULT_BLOCK_D, warps=DEFAULT_WARPS,
                  bwd_block_d=DEFAULT_BWD_BLOCK_D, bwd_warps=DEFAULT_BWD_WARPS, carry_block=DEFAULT_CARRY_BLOCK,
@@ -1045,7 +1053,7 @@ class ScanConfig:
                  seq_warps=DEFAULT_SEQ_WARPS, seq_programs_per_sm=DEFAULT_SEQ_PROGRAMS_PER_SM,
                  seq_piece=DEFAULT_SEQ_PIECE, unit_add=True, lane_sums=DEFAULT_LANE_SUMS, fwd_maxnreg=None,
                  bwd_chunk_maxnreg=DEFAULT_BWD_CHUNK_MAXNREG, seq_maxnreg=None, seq_prefetch_h=False,
-                 seq_chunks_first=False):
+                 seq_chunks_first=False, seq_prefetch_bc=True):
         if chunk is not None and chunk % sub:
             raise ValueError(f"chunk {chunk} must be a multiple of sub {sub}")
         for name, v in (("sub", sub), ("block_d", block_d), ("bwd_block_d", bwd_block_d),
@@ -1076,6 +1084,7 @@ class ScanConfig:
         self.lane_sums = lane_sums
         self.fwd_maxnreg, self.bwd_chunk_maxnreg, self.seq_maxnreg = fwd_maxnreg, bwd_chunk_maxnreg, seq_maxnreg
         self.seq_prefetch_h, self.seq_chunks_first = seq_prefetch_h, seq_chunks_first
+        self.seq_prefetch_bc = seq_prefetch_bc
 
     def _fields(self):
         return dict(chunk=self.chunk, sub=self.sub, block_d=self.block_d, warps=self.warps,
@@ -1085,7 +1094,8 @@ class ScanConfig:
                     seq_programs_per_sm=self.seq_programs_per_sm, seq_piece=self.seq_piece,
                     unit_add=self.unit_add, lane_sums=self.lane_sums, fwd_maxnreg=self.fwd_maxnreg,
                     bwd_chunk_maxnreg=self.bwd_chunk_maxnreg, seq_maxnreg=self.seq_maxnreg,
-                    seq_prefetch_h=self.seq_prefetch_h, seq_chunks_first=self.seq_chunks_first)
+                    seq_prefetch_h=self.seq_prefetch_h, seq_chunks_first=self.seq_chunks_first,
+                    seq_prefetch_bc=self.seq_prefetch_bc)
 
     def resolve(self, batch: int, seqlen: int, dim: int) -> "ScanConfig":
         """A copy with `chunk` fixed. Auto: the largest power of two up to 1024 that still gives about
@@ -1226,6 +1236,7 @@ def scan_bwd(gout, gfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
             N=N, CHUNK=cfg.chunk, SUB=cfg.sub, BD=cfg.seq_block_d, NP=NP, HAS_D=D is not None,
             PIECE=cfg.seq_piece, TWO_LEVEL=cfg.seq_piece < cfg.sub, UNIT_ADD=cfg.unit_add, num_warps=cfg.seq_warps,
             maxnreg=cfg.seq_maxnreg, PREFETCH_H=cfg.seq_prefetch_h, CHUNKS_FIRST=cfg.seq_chunks_first,
+            PREFETCH_BC=cfg.seq_prefetch_bc,
             # The PTX needs each lane to hold one channel's 16 states in order. That is the layout of the
             # `unit_add` offsets without packed sequences; the packed path's initial-state and final-state
             # tiles are dstate-contiguous, and the compiler then lays the state tiles out differently

@@ -101,8 +101,9 @@ def test_int64_offsets_past_2_31_elements(scan):
 
 @pytest.mark.parametrize("opts", [dict(), dict(use_D=False, use_z=False, use_bias=False, softplus=False, use_h0=False)],
                          ids=["all_options", "no_options"])
-@pytest.mark.parametrize("cfg", [dict(lane_sums=True), dict(lane_sums=True, seq_prefetch_h=True, seq_maxnreg=224,
-                                                              seq_programs_per_sm=9)], ids=["lane_sums", "prefetch"])
+@pytest.mark.parametrize("cfg", [dict(lane_sums=True), dict(lane_sums=True, seq_prefetch_h=True, seq_maxnreg=200,
+                                                              seq_programs_per_sm=10, seq_prefetch_bc=False)],
+                         ids=["lane_sums", "prefetch"])
 def test_gpu_lane_sums_match_reference(opts, cfg):
     """The PTX channel sums of the "seq" backward (one group, 160 channels: five blocks of 32) against float64."""
     tensors = make_inputs(2, 1500, 160, 16, 1, seed=11, device="cuda")

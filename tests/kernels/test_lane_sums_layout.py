@@ -26,7 +26,7 @@ def seq_kernel_ttgir(**flags):
 
     fn = ts._COMPILED["_bwd_seq_kernel"]
     consts = dict(N=16, NP=16, CHUNK=1024, SUB=64, BD=32, PIECE=8, UNIT_ADD=True, LANE_SUMS=True, ONE_GROUP=True,
-                  CHUNKS_FIRST=False,
+                  CHUNKS_FIRST=False, PREFETCH_BC=True,
                   **flags)
     sig, attrs, cst = {}, {}, {}
     for i, name in enumerate(fn.arg_names):

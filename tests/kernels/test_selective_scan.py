@@ -15,12 +15,13 @@ from dnamamba_kernels import ScanConfig, selective_scan, selective_scan_ref, sel
 
 from kernel_inputs import as64, make_inputs, run_scan
 
-# "seq" replays each sub-tile in pieces of 2 steps; "seq_one_piece" keeps the whole sub-tile at once and
-# hands out its work items chunk-first
+# "seq" replays each sub-tile in pieces of 2 steps; "seq_one_piece" keeps the whole sub-tile at once, hands
+# out its work items chunk-first and loads B and C at each step instead of ahead
 BWD_MODES = ("tile", "seq", "seq_one_piece")
 SMALL = {mode: ScanConfig(chunk=16, sub=4, block_d=8, warps=1, bwd_block_d=8, bwd_warps=1, carry_block=64,
                           bwd_mode=mode.split("_")[0], seq_block_d=8, seq_warps=1, seq_programs_per_sm=3,
-                          seq_piece=4 if mode == "seq_one_piece" else 2, seq_chunks_first=mode == "seq_one_piece")
+                          seq_piece=4 if mode == "seq_one_piece" else 2, seq_chunks_first=mode == "seq_one_piece",
+                          seq_prefetch_bc=mode != "seq_one_piece")
          for mode in BWD_MODES}
 TOL = {torch.float32: dict(rtol=6e-4, atol=2e-3), torch.bfloat16: dict(rtol=3e-2, atol=5e-2)}
 OPTS = ("use_D", "use_z", "use_bias", "softplus", "use_h0")

@@ -26,13 +26,14 @@ Backward, four launches, nothing of shape (batch, seqlen, dim, dstate):
      associative scan rebuilds h inside the tile from its checkpoint, a reverse scan gives the
      adjoint, and every gradient is formed. dB and dC are summed over the block's channels and added
      atomically; dA, dD and d(delta_bias) go to per-chunk partial sums reduced afterwards.
-     "seq", `_bwd_seq_kernel`: time stays inside each thread, as in the forward. Persistent programs
-     each own a scratch slot. For each sub-tile, last to first, a program replays the forward from the
-     checkpoint, once to keep the state entering each piece of `seq_piece` steps, then per piece
-     (last to first) again to keep every step's state in the slot. It then walks the piece backwards
-     with the adjoint mu_t = a_{t+1} mu_{t+1} + C_t gy_t in registers. dB and dC are summed over the
-     program's channels each step and added atomically (one add per state from each channel block);
-     the partial sums are as in "tile".
+     "seq" (the default), `_bwd_seq_kernel`: time stays inside each thread, as in the forward.
+     Persistent programs each own a scratch slot. For each sub-tile, last to first, a program replays
+     the forward from the checkpoint, once to keep the state entering each piece of `seq_piece` steps,
+     then per piece (last to first) again to keep every step's state in the slot. It then walks the
+     piece backwards with the adjoint mu_t = a_{t+1} mu_{t+1} + C_t gy_t in registers. dB and dC are
+     summed over the program's 32 channels each step, by one PTX reduce-scatter across the warp
+     (`_lane_sums`), and added atomically (one add per state from each channel block); the partial
+     sums are as in "tile".
 
 Packed sequences (`cu_seqlens`) use a per-step sequence index: at a sequence start the state is
 replaced by that sequence's initial state (or zeros) and a chunk containing a start passes no state
@@ -1024,28 +1025,33 @@ def _kernel(name: str, device: torch.device):
 
 
 class ScanConfig:
-    """Launch shapes. chunk: steps per forward program (None: chosen per call, see `resolve`); sub: steps
-    per backward tile (divides chunk);
+    """Launch shapes. The defaults are the fastest of the variants timed on the H200 at L=2^20
+    (bench/results/scan_h200.md, kernels/NOTES.md); the others stay selectable so a benchmark can time them
+    in the same process.
+
+    chunk: steps per forward program (None: chosen per call, see `resolve`).
+    sub: steps between the backward's state checkpoints (divides chunk); 64 keeps them to 1 GB at
+    L=2^20, D=1024, N=16 (32 costs 1.06 GB more at the same speed).
     block_d / warps: channels and warps per forward program (block_d = 32 * warps keeps each channel's
     states in one thread); bwd_block_d / bwd_warps: the same for the backward tile kernel.
-    bwd_mode: "seq" (default; `_bwd_seq_kernel`, time walked sequentially inside each thread, 0.45x the time of
-    "tile" for forward+backward on the H200, kernels/NOTES.md) or "tile" (`_bwd_out_kernel`, associative scans over
-    each sub-tile); seq_block_d / seq_warps: channels and warps per "seq"
-    program; seq_programs_per_sm: how many persistent "seq" programs are launched per SM (one "SM" when
-    interpreting on CPU); seq_piece: steps whose states a "seq" program keeps at once (divides sub; below sub
-    it replays each sub-tile once more to find the piece starts), so each program's scratch slot is
-    (seq_piece + sub / seq_piece) x dstate x seq_block_d fp32. unit_add: the form of the offsets that keep
-    each channel's states in one thread (see the note above _COMPILED; False is the earlier form).
+    bwd_mode: "seq" (`_bwd_seq_kernel`, time walked sequentially inside each thread, 0.45x the time of "tile"
+    for forward+backward on the H200) or "tile" (`_bwd_out_kernel`, associative scans over each sub-tile).
+    seq_block_d / seq_warps: channels and warps per "seq" program. seq_programs_per_sm: persistent "seq"
+    programs launched per SM (one "SM" when interpreting on CPU). seq_piece: steps whose states a "seq"
+    program keeps at once (divides sub; below sub it replays each sub-tile once more to find the piece
+    starts), so each program's scratch slot is (seq_piece + sub / seq_piece) x dstate x seq_block_d fp32.
+    unit_add: the form of the offsets that keep each channel's states in one thread (see the note above
+    _COMPILED; False is the earlier form).
     lane_sums: in the "seq" backward, sum dB and dC over the warp's channels with one reduce-scatter
-    (`_lane_sums`) instead of a butterfly per state; it applies with dstate 16, seq_block_d 32, one warp and
-    a channel block inside one group, and the plain sums are used otherwise.
+    (`_lane_sums`) instead of a butterfly per state; see `_lane_sums_apply` for when it applies.
     fwd_maxnreg / bwd_chunk_maxnreg / seq_maxnreg: a register cap per thread for the two forward passes, the
     backward recompute and the "seq" kernel (None: the compiler's choice). Registers decide how many programs
     fit on an SM, so a lower cap trades spills for occupancy; with "seq", set seq_programs_per_sm to what
-    fits (65536 / (32 * seq_warps * cap)). seq_prefetch_h: in the "seq" backward walk, load each step's
-    state from the scratch slot one step ahead. seq_chunks_first: hand out "seq" work items chunk-first
-    rather than channel-block-first. seq_prefetch_bc: in the backward walk, load B and C two steps ahead like
-    the other inputs (False: at the step, which frees 64 registers for a lower seq_maxnreg)."""
+    fits (65536 / (32 * seq_warps * cap)).
+    seq_prefetch_h: in the "seq" backward walk, load each step's state from the scratch slot one step ahead.
+    seq_chunks_first: hand out "seq" work items chunk-first rather than channel-block-first.
+    seq_prefetch_bc: in the backward walk, load B and C two steps ahead like the other inputs (False: at the
+    step, which frees 64 registers for a lower seq_maxnreg)."""
 
     def __init__(self, chunk=None, sub=DEFAULT_SUB, block_d=DEFAULT_BLOCK_D, warps=DEFAULT_WARPS,
                  bwd_block_d=DEFAULT_BWD_BLOCK_D, bwd_warps=DEFAULT_BWD_WARPS, carry_block=DEFAULT_CARRY_BLOCK,
@@ -1116,6 +1122,17 @@ class ScanConfig:
 
 def _flags(D, G, block_d):
     return dict(ONE_GROUP=(G == 1) or ((D // G) % block_d == 0))
+
+
+def _lane_sums_apply(cfg, N, D, G, packed) -> bool:
+    """Whether the "seq" backward uses `_lane_sums`. Its PTX needs each lane to hold one channel's 16 states in
+    order: 16 states, 32 channels in one warp, a channel block inside one group, and the layout that the
+    `unit_add` offsets give without packed sequences. The packed path's initial-state and final-state tiles
+    are dstate-contiguous, and the compiler then lays some state tiles out differently (the GPU tests caught
+    wrong dB/dC there; tests/kernels/test_lane_sums_layout.py shows it in the compiler output), so packed
+    batches take the plain sums."""
+    return (cfg.lane_sums and N == 16 and cfg.seq_block_d == 32 and cfg.seq_warps == 1 and cfg.unit_add
+            and not packed and _flags(D, G, cfg.seq_block_d)["ONE_GROUP"])
 
 
 def _empty(*shape, dtype, device):
@@ -1237,12 +1254,7 @@ def scan_bwd(gout, gfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
             PIECE=cfg.seq_piece, TWO_LEVEL=cfg.seq_piece < cfg.sub, UNIT_ADD=cfg.unit_add, num_warps=cfg.seq_warps,
             maxnreg=cfg.seq_maxnreg, PREFETCH_H=cfg.seq_prefetch_h, CHUNKS_FIRST=cfg.seq_chunks_first,
             PREFETCH_BC=cfg.seq_prefetch_bc,
-            # The PTX needs each lane to hold one channel's 16 states in order. That is the layout of the
-            # `unit_add` offsets without packed sequences; the packed path's initial-state and final-state
-            # tiles are dstate-contiguous, and the compiler then lays the state tiles out differently
-            # (the GPU tests caught wrong dB/dC there), so those take the plain sums.
-            LANE_SUMS=cfg.lane_sums and N == 16 and cfg.seq_block_d == 32 and cfg.seq_warps == 1 and cfg.unit_add
-            and not packed and _flags(dim, G, cfg.seq_block_d)["ONE_GROUP"],
+            LANE_SUMS=_lane_sums_apply(cfg, N, dim, G, packed),
             **common, **_flags(dim, G, cfg.seq_block_d))
     else:
         grid = (nchunks, triton.cdiv(dim, cfg.bwd_block_d), batch)

@@ -148,7 +148,7 @@ def diag_reverse_scan():
 # backward modes with the current form; then launch variants of "seq" at L=2^20
 MODE_CONFIGS = {"tile_mul": dict(bwd_mode="tile", unit_add=False), "tile": dict(bwd_mode="tile"),
                 "seq": dict(bwd_mode="seq")}
-BWD_VARIANTS = [dict(bwd_mode="seq", seq_piece=16), dict(bwd_mode="seq", sub=64), dict(bwd_mode="seq", seq_piece=32),
+BWD_VARIANTS = [dict(bwd_mode="seq", seq_piece=16), dict(bwd_mode="seq", sub=32), dict(bwd_mode="seq", seq_piece=32),
                 dict(bwd_mode="seq", seq_block_d=64, seq_warps=2, seq_programs_per_sm=4),
                 dict(bwd_mode="seq", seq_block_d=128, seq_warps=4, seq_programs_per_sm=2)]
 

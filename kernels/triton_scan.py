@@ -93,19 +93,27 @@ _add = tl.standard._sum_combine
 _adjoint_combine = JITFunction(_adjoint_combine)
 
 
-# Natural log for the softplus. Compiled, it is the hardware lg2.approx (one MUFU op, relative error
-# about 2^-22) instead of the precise log's ~25-instruction polynomial, which is a sixth of a forward
-# step's instructions. The interpreter has no libdevice, so interpreted kernels see `_log_precise`
-# under the same name instead (see `_kernel`).
-def _log(x):
-    return libdevice.fast_log2f(x) * 0.6931471805599453
+# Softplus and sigmoid, each written once and called from every kernel. Compiled, the softplus's log is the
+# hardware lg2.approx (one MUFU op, relative error about 2^-22) instead of the precise log's ~25-instruction
+# polynomial, a sixth of a forward step's instructions. The interpreter has no libdevice and cannot call a
+# JITFunction from kernel code, so interpreted kernels see the plain functions of `_INTERPRETER_HELPERS`
+# under the same names (see `_kernel`). Exponentials are exp2 of a pre-scaled argument: tl.exp adds range
+# fix-up instructions around the same MUFU op.
+def _softplus(x):
+    # log(1 + e^x); above 20 it equals x in fp32
+    return tl.where(x <= 20.0, libdevice.fast_log2f(1.0 + tl.exp2(x * 1.4426950408889634)) * 0.6931471805599453, x)
 
 
-def _log_precise(x):
-    return tl.log(x)
+def _softplus_interpreted(x):
+    return tl.where(x <= 20.0, tl.log(1.0 + tl.exp2(x * 1.4426950408889634)), x)
 
 
-_log = JITFunction(_log)
+def _sigmoid_interpreted(x):
+    return 1.0 / (1.0 + tl.exp2(x * -1.4426950408889634))
+
+
+_softplus = JITFunction(_softplus)
+_sigmoid = JITFunction(_sigmoid_interpreted)
 
 
 def _lane_sums_ptx() -> str:
@@ -150,7 +158,8 @@ def _lane_sums_reference(x):
 
 
 _lane_sums = JITFunction(_lane_sums)
-_INTERPRETER_HELPERS = {"_log": _log_precise, "_lane_sums": _lane_sums_reference}
+_INTERPRETER_HELPERS = {"_softplus": _softplus_interpreted, "_sigmoid": _sigmoid_interpreted,
+                        "_lane_sums": _lane_sums_reference}
 
 
 def _chunk_end_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, seq_ptr, h0_ptr, hend_ptr, P_ptr,
@@ -210,7 +219,7 @@ def _chunk_end_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, seq_ptr, h0_ptr, he
         if HAS_BIAS:
             dt += bias
         if SOFTPLUS:
-            dt = tl.where(dt <= 20.0, _log(1.0 + tl.exp2(dt * 1.4426950408889634)), dt)
+            dt = _softplus(dt)
         u = u_a.to(tl.float32)
         if ONE_GROUP:
             Bt = B_a.to(tl.float32)[:, None]
@@ -330,7 +339,7 @@ def _chunk_out_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
         if HAS_BIAS:
             dt += bias
         if SOFTPLUS:
-            dt = tl.where(dt <= 20.0, _log(1.0 + tl.exp2(dt * 1.4426950408889634)), dt)
+            dt = _softplus(dt)
         u = u_a.to(tl.float32)
         if ONE_GROUP:
             Bt = B_a.to(tl.float32)[:, None]
@@ -355,7 +364,7 @@ def _chunk_out_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
             y += Dv * u
         if HAS_Z:
             zt = z_a.to(tl.float32)
-            y = y * zt / (1.0 + tl.exp2(zt * -1.4426950408889634))
+            y = y * zt * _sigmoid(zt)
         tl.store(out_ptr + (pid_b * L + t) * D + d, y, mask=dmask)
         if PACKED:
             is_end = tl.full((NP, BD), 1, tl.int32) * (s != s_next).to(tl.int32)  # the scalar, as a tile mask
@@ -448,12 +457,12 @@ def _bwd_chunk_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, z_ptr, bias_ptr, gout_
         if HAS_BIAS:
             dt += bias
         if SOFTPLUS:
-            dt = tl.where(dt <= 20.0, _log(1.0 + tl.exp2(dt * 1.4426950408889634)), dt)
+            dt = _softplus(dt)
         u = u_a.to(tl.float32)
         gy = g_a.to(tl.float32)
         if HAS_Z:
             zt = z_a.to(tl.float32)
-            gy = gy * zt / (1.0 + tl.exp2(zt * -1.4426950408889634))
+            gy = gy * zt * _sigmoid(zt)
         if ONE_GROUP:
             Bt = B_a.to(tl.float32)[:, None]
             Ct = C_a.to(tl.float32)[:, None]
@@ -535,7 +544,7 @@ def _bwd_out_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
         if HAS_BIAS:
             raw += bias[None, :]
         if SOFTPLUS:
-            dt = tl.where(raw <= 20.0, _log(1.0 + tl.exp2(raw * 1.4426950408889634)), raw)
+            dt = _softplus(raw)
         else:
             dt = raw
         dt = tl.where(m2, dt, 0.0)  # padded steps: decay 1, input 0, so they pass the adjoint through
@@ -543,7 +552,7 @@ def _bwd_out_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
         go = tl.load(gout_ptr + off, mask=m2, other=0.0).to(tl.float32)
         if HAS_Z:
             zz = tl.load(z_ptr + off, mask=m2, other=0.0).to(tl.float32)
-            sig = 1.0 / (1.0 + tl.exp2(zz * -1.4426950408889634))
+            sig = _sigmoid(zz)
             gy = go * zz * sig
         else:
             gy = go
@@ -627,7 +636,7 @@ def _bwd_out_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
         if HAS_Z:
             tl.store(gz_ptr + off, go * y * sig * (1.0 + zz * (1.0 - sig)), mask=m2)
         if SOFTPLUS:
-            gdt = tl.where(raw <= 20.0, gdt / (1.0 + tl.exp2(raw * -1.4426950408889634)), gdt)
+            gdt = tl.where(raw <= 20.0, gdt * _sigmoid(raw), gdt)  # softplus' = sigmoid
         if HAS_BIAS:
             gb_acc += tl.reduce(tl.where(m2, gdt, 0.0), 0, _add)
         tl.store(gu_ptr + off, gu, mask=m2)
@@ -758,7 +767,7 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                     if HAS_BIAS:
                         dt += bias
                     if SOFTPLUS:
-                        dt = tl.where(dt <= 20.0, _log(1.0 + tl.exp2(dt * 1.4426950408889634)), dt)
+                        dt = _softplus(dt)
                     if ONE_GROUP:
                         Bt = B_a.to(tl.float32)[:, None]
                     else:
@@ -812,7 +821,7 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                     if HAS_BIAS:
                         dt += bias
                     if SOFTPLUS:
-                        dt = tl.where(dt <= 20.0, _log(1.0 + tl.exp2(dt * 1.4426950408889634)), dt)
+                        dt = _softplus(dt)
                     if ONE_GROUP:
                         Bt = B_a.to(tl.float32)[:, None]
                     else:
@@ -890,14 +899,14 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                     if HAS_BIAS:
                         raw += bias
                     if SOFTPLUS:
-                        dt = tl.where(raw <= 20.0, _log(1.0 + tl.exp2(raw * 1.4426950408889634)), raw)
+                        dt = _softplus(raw)
                     else:
                         dt = raw
                     u = u_a.to(tl.float32)
                     go = g_a.to(tl.float32)
                     if HAS_Z:
                         zz = z_a.to(tl.float32)
-                        sig = 1.0 / (1.0 + tl.exp2(zz * -1.4426950408889634))
+                        sig = _sigmoid(zz)
                         gy = go * zz * sig
                     else:
                         gy = go
@@ -960,7 +969,7 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                     if HAS_Z:
                         tl.store(gz_ptr + off, go * y * sig * (1.0 + zz * (1.0 - sig)), mask=dmask)
                     if SOFTPLUS:
-                        gdt = tl.where(raw <= 20.0, gdt / (1.0 + tl.exp2(raw * -1.4426950408889634)), gdt)
+                        gdt = tl.where(raw <= 20.0, gdt * _sigmoid(raw), gdt)  # softplus' = sigmoid
                     if HAS_BIAS:
                         gb_acc += gdt
                     tl.store(gu_ptr + off, gu, mask=dmask)

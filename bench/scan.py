@@ -262,6 +262,28 @@ def bwd_modes(out_path: Path, rep: int):
         save()
 
 
+def packed(out_path: Path, rep: int):
+    """Packed sequences: 2^20 tokens as 8 sequences of 2^17 in batch 1 (cu_seqlens), the default config
+    against the plain dB/dC sums, forward and forward+backward."""
+    x = make_inputs(1, 2 ** 20)
+    cu = torch.arange(0, 2 ** 20 + 1, 2 ** 17, device="cuda", dtype=torch.int32)
+    res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+           "cu_seqlens": cu.tolist(), "rows": []}
+    for kw in (dict(), dict(lane_sums=False)):
+        cfg = ScanConfig(**kw)
+
+        def fn(**t):
+            return selective_scan_triton(t["u"], t["delta"], t["A"], t["B"], t["C"], D=t["D"], z=t["z"],
+                                         delta_bias=t["delta_bias"], delta_softplus=True, cu_seqlens=cu, config=cfg)
+
+        fwd, fb, peak, g, _ = measure(fn, x, rep=rep)
+        del g
+        res["rows"].append(dict(config=repr(cfg), fwd_ms=round(fwd, 3), fwdbwd_ms=round(fb, 3),
+                                peak_extra_gb=round(peak, 3)))
+        print(json.dumps(res["rows"][-1]), flush=True)
+    out_path.write_text(json.dumps(res, indent=1) + "\n")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--anchors", default="../shared/anchors")
@@ -274,7 +296,15 @@ def main():
                     help="only compare the backward modes (tile, seq and variants of seq), without mamba_ssm; "
                          "writes scan_bwd_modes_h200.json")
     ap.add_argument("--rep", type=int, default=200, help="do_bench time budget per measurement, ms")
+    ap.add_argument("--packed", action="store_true",
+                    help="only time packed sequences (8 x 2^17 through cu_seqlens) with and without the lane sums; "
+                         "writes scan_packed_h200.json")
     args = ap.parse_args()
+    if args.packed:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        packed(out / "scan_packed_h200.json", args.rep)
+        return
     if args.bwd_modes:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

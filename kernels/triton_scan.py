@@ -230,7 +230,7 @@ def _chunk_end_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, seq_ptr, h0_ptr, he
             s_prev = tl.where(t > 0, tl.load(seq_ptr + tl.maximum(t - 1, 0)), -1)
             start = s != s_prev
             if HAS_H0:
-                hs = tl.load(h0_ptr + s.to(tl.int64) * D * N + d[None, :] * N + n[:, None],
+                hs = tl.load(h0_ptr + s.to(tl.int64) * D * N + n[:, None] * D + dl[None, :],
                              mask=m2, other=0.0)
                 h = tl.where(start, hs, h)
             else:
@@ -353,7 +353,7 @@ def _chunk_out_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
             s_next = tl.where(t + 1 < L, tl.load(seq_ptr + tl.minimum(t + 1, L - 1)), -1)
             start = s != s_prev
             if HAS_H0:
-                hs = tl.load(h0_ptr + s.to(tl.int64) * D * N + d[None, :] * N + n[:, None],
+                hs = tl.load(h0_ptr + s.to(tl.int64) * D * N + n[:, None] * D + dl[None, :],
                              mask=m2, other=0.0)
                 h = tl.where(start, hs, h)
             else:
@@ -368,7 +368,7 @@ def _chunk_out_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
         tl.store(out_ptr + (pid_b * L + t) * D + d, y, mask=dmask)
         if PACKED:
             is_end = tl.full((NP, BD), 1, tl.int32) * (s != s_next).to(tl.int32)  # the scalar, as a tile mask
-            tl.store(final_ptr + s.to(tl.int64) * D * N + d[None, :] * N + n[:, None], h, mask=m2 & (is_end > 0))
+            tl.store(final_ptr + s.to(tl.int64) * D * N + n[:, None] * D + dl[None, :], h, mask=m2 & (is_end > 0))
         dt_a = dt_b
         u_a = u_b
         B_a = B_b
@@ -474,7 +474,7 @@ def _bwd_chunk_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, z_ptr, bias_ptr, gout_
             s_prev = tl.where(t > 0, tl.load(seq_ptr + tl.maximum(t - 1, 0)), -1)
             start = s != s_prev
             if HAS_H0:
-                hs = tl.load(h0_ptr + s.to(tl.int64) * D * N + d[None, :] * N + n[:, None],
+                hs = tl.load(h0_ptr + s.to(tl.int64) * D * N + n[:, None] * D + dl[None, :],
                              mask=m2, other=0.0)
                 h = tl.where(start, hs, h)
             else:
@@ -487,7 +487,7 @@ def _bwd_chunk_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, z_ptr, bias_ptr, gout_
         if PACKED:
             if HAS_GFIN:
                 s_next = tl.where(t + 1 < L, tl.load(seq_ptr + tl.minimum(t + 1, L - 1)), -1)
-                gf = tl.load(gfin_ptr + s.to(tl.int64) * D * N + d[None, :] * N + n[:, None],
+                gf = tl.load(gfin_ptr + s.to(tl.int64) * D * N + n[:, None] * D + dl[None, :],
                              mask=m2, other=0.0)
                 acc += tl.where(s != s_next, cp * gf, 0.0)
         dt_a = dt_b
@@ -585,7 +585,7 @@ def _bwd_out_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
             if PACKED:
                 # at a sequence start the previous state is that sequence's initial state, not the carry
                 if HAS_H0:
-                    hs = tl.load(h0_ptr + sbase[:, None] + d[None, :] * N + nn,
+                    hs = tl.load(h0_ptr + sbase[:, None] + nn * D + d[None, :],
                                  mask=m2 & start[:, None], other=0.0)
                     x_s = x + a * hs
                 a_s = tl.where(start[:, None], 0.0, a)
@@ -596,7 +596,7 @@ def _bwd_out_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
             c = Cn * gy
             if PACKED:
                 if HAS_GFIN:
-                    c += tl.load(gfin_ptr + sbase[:, None] + d[None, :] * N + nn,
+                    c += tl.load(gfin_ptr + sbase[:, None] + nn * D + d[None, :],
                                  mask=m2 & end[:, None], other=0.0)
             nu = tl.load(nu_ptr + st + nn * D + d, mask=dmask, other=0.0)  # (BD,): a_{next} mu_{next}
             ones = tl.full((SUB, BD), 1.0, tl.float32)
@@ -614,7 +614,7 @@ def _bwd_out_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
             hx = h - x  # a * h_prev: the decayed previous state (a * h0 at a sequence start)
             if PACKED:
                 if HAS_H0:
-                    tl.store(gh0_ptr + sbase[:, None] + d[None, :] * N + nn, a * mu, mask=m2 & start[:, None])
+                    tl.store(gh0_ptr + sbase[:, None] + nn * D + d[None, :], a * mu, mask=m2 & start[:, None])
             gxb = mu * dtu  # (SUB, BD): dL/dB before the sum over channels
             gxc = gy * h
             if ONE_GROUP:
@@ -777,7 +777,7 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                         s_prev = tl.where(t > 0, tl.load(seq_ptr + tl.maximum(t - 1, 0)), -1)
                         start = s != s_prev
                         if HAS_H0:
-                            hs = tl.load(h0_ptr + s.to(tl.int64) * D * N + d[None, :] * N + n[:, None],
+                            hs = tl.load(h0_ptr + s.to(tl.int64) * D * N + n[:, None] * D + dl[None, :],
                                          mask=m2, other=0.0)
                             h = tl.where(start, hs, h)
                         else:
@@ -831,7 +831,7 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                         s_prev = tl.where(t > 0, tl.load(seq_ptr + tl.maximum(t - 1, 0)), -1)
                         start = s != s_prev
                         if HAS_H0:
-                            hs = tl.load(h0_ptr + s.to(tl.int64) * D * N + d[None, :] * N + n[:, None],
+                            hs = tl.load(h0_ptr + s.to(tl.int64) * D * N + n[:, None] * D + dl[None, :],
                                          mask=m2, other=0.0)
                             h = tl.where(start, hs, h)
                         else:
@@ -925,14 +925,14 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                         start = s != s_prev
                         if HAS_GFIN:
                             s_next = tl.where(t + 1 < L, tl.load(seq_ptr + tl.minimum(t + 1, L - 1)), -1)
-                            gf = tl.load(gfin_ptr + s.to(tl.int64) * D * N + d[None, :] * N + n[:, None],
+                            gf = tl.load(gfin_ptr + s.to(tl.int64) * D * N + n[:, None] * D + dl[None, :],
                                          mask=m2, other=0.0)
                             c += tl.where(s != s_next, gf, 0.0)
                     if PACKED:
                         mu = (tl.exp2(dt_next[None, :] * A2) * keep_next[None, :]) * mu + c
                         if HAS_H0:
                             is_start = tl.full((NP, BD), 1, tl.int32) * start.to(tl.int32)  # the scalar, as a tile mask
-                            tl.store(gh0_ptr + s.to(tl.int64) * D * N + d[None, :] * N + n[:, None],
+                            tl.store(gh0_ptr + s.to(tl.int64) * D * N + n[:, None] * D + dl[None, :],
                                      tl.exp2(dt[None, :] * A2) * mu, mask=m2 & (is_start > 0))
                         keep_next = tl.where(start, 0.0, 1.0) + tl.full((BD,), 0.0, tl.float32)  # no adjoint crosses a start
                     else:
@@ -1133,15 +1133,24 @@ def _flags(D, G, block_d):
     return dict(ONE_GROUP=(G == 1) or ((D // G) % block_d == 0))
 
 
-def _lane_sums_apply(cfg, N, D, G, packed) -> bool:
+def _lane_sums_apply(cfg, N, D, G) -> bool:
     """Whether the "seq" backward uses `_lane_sums`. Its PTX needs each lane to hold one channel's 16 states in
     order: 16 states, 32 channels in one warp, a channel block inside one group, and the layout that the
-    `unit_add` offsets give without packed sequences. The packed path's initial-state and final-state tiles
-    are dstate-contiguous, and the compiler then lays some state tiles out differently (the GPU tests caught
-    wrong dB/dC there; tests/kernels/test_lane_sums_layout.py shows it in the compiler output), so packed
-    batches take the plain sums."""
+    `unit_add` offsets give to (N, D) tiles. Every state tile the kernels touch is (N, D) for that reason
+    (`_states_nd`): with the packed path's initial and final states read as (D, N) tiles, the compiler laid
+    some state tiles out differently and dB/dC came out wrong on the GPU.
+    tests/kernels/test_lane_sums_layout.py checks the layout in the compiler's output."""
     return (cfg.lane_sums and N == 16 and cfg.seq_block_d == 32 and cfg.seq_warps == 1 and cfg.unit_add
-            and not packed and _flags(D, G, cfg.seq_block_d)["ONE_GROUP"])
+            and _flags(D, G, cfg.seq_block_d)["ONE_GROUP"])
+
+
+def _states_nd(x):
+    """A (batch|nseq, D, N) state tensor of the contract as the (batch|nseq, N, D) the kernels use (or None).
+
+    Every state tile in the kernels is (N, D) with channels contiguous, like the chunk slabs, so that the
+    compiler gives all of them one layout; a (D, N) tile beside them pulls some of them to another
+    layout, which `_lane_sums` cannot take (see `_lane_sums_apply`)."""
+    return None if x is None else x.transpose(1, 2).contiguous()
 
 
 def _empty(*shape, dtype, device):
@@ -1188,25 +1197,22 @@ def scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, seq_idx, n
     common = dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), PACKED=packed,
                   HAS_H0=h0 is not None, UNIT_ADD=cfg.unit_add, **_flags(dim, G, cfg.block_d))
     dummy = u
+    h0_nd = _states_nd(h0)
     _kernel("_chunk_end_kernel", dev)[grid](
         u, delta, At, B, delta_bias if delta_bias is not None else dummy, seq_idx if packed else dummy,
-        h0 if h0 is not None else dummy, hend, P, L, dim, G, nchunks, 1,
+        h0_nd if h0 is not None else dummy, hend, P, L, dim, G, nchunks, 1,
         N=N, CHUNK=cfg.chunk, BD=cfg.block_d, NP=NP, num_warps=cfg.warps, maxnreg=cfg.fwd_maxnreg, **common)
-    # The carry works on (N, D)-ordered slabs; the contract's initial state is (D, N).
-    init = None if (packed or h0 is None) else h0.transpose(1, 2).contiguous()
-    hstart, last = _carry(P, hend, init, False, cfg)
+    hstart, last = _carry(P, hend, None if packed else h0_nd, False, cfg)
     out = _empty_like(u)
-    if packed:
-        final = torch.zeros(nseq, dim, N, dtype=torch.float32, device=dev)
-    else:
-        final = last.transpose(1, 2).contiguous()
+    # packed: the output kernel writes each sequence's final state at its last step
+    final_nd = torch.zeros(nseq, N, dim, dtype=torch.float32, device=dev) if packed else last
     _kernel("_chunk_out_kernel", dev)[grid](
         u, delta, At, B, C, D if D is not None else dummy, z if z is not None else dummy,
         delta_bias if delta_bias is not None else dummy, seq_idx if packed else dummy,
-        h0 if h0 is not None else dummy, hstart, out, final, L, dim, G, nchunks, 1,
+        h0_nd if h0 is not None else dummy, hstart, out, final_nd, L, dim, G, nchunks, 1,
         N=N, CHUNK=cfg.chunk, BD=cfg.block_d, NP=NP, HAS_D=D is not None, HAS_Z=z is not None,
         num_warps=cfg.warps, maxnreg=cfg.fwd_maxnreg, **common)
-    return out, final, hstart, P
+    return out, final_nd.transpose(1, 2).contiguous(), hstart, P
 
 
 def scan_bwd(gout, gfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, seq_idx, hstart, P,
@@ -1226,16 +1232,18 @@ def scan_bwd(gout, gfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
     local = _empty_like(hstart)
     common = dict(HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
                   PACKED=packed, HAS_H0=h0 is not None, HAS_GFIN=gfinal is not None and packed)
+    h0_nd = _states_nd(h0) if packed else None  # without packing the kernels never read the initial state
+    gfin_nd = _states_nd(gfinal)
     grid = (nchunks, triton.cdiv(dim, cfg.block_d), batch)
     _kernel("_bwd_chunk_kernel", dev)[grid](
         u, delta, At, B, C, z if z is not None else dummy, delta_bias if delta_bias is not None else dummy, gout,
-        seq_idx if packed else dummy, h0 if h0 is not None else dummy, gfinal if gfinal is not None else dummy,
+        seq_idx if packed else dummy, h0_nd if packed and h0 is not None else dummy,
+        gfin_nd if gfinal is not None else dummy,
         hstart, hsub, local, L, dim, G, nchunks, 1, nsub,
         N=N, CHUNK=cfg.chunk, SUB=cfg.sub, BD=cfg.block_d, NP=NP, num_warps=cfg.warps, UNIT_ADD=cfg.unit_add,
         maxnreg=cfg.bwd_chunk_maxnreg,
         **common, **_flags(dim, G, cfg.block_d))
-    init = None if (packed or gfinal is None) else gfinal.transpose(1, 2).contiguous()
-    nu, gh_first = _carry(P, local, init, True, cfg)  # nu[c]: adjoint at chunk c's end, from later steps
+    nu, gh_first = _carry(P, local, None if packed else gfin_nd, True, cfg)  # nu[c]: adjoint at chunk c's end
     gu = _empty_like(u)
     gdt = _empty_like(delta)
     gz = _empty_like(z) if z is not None else None
@@ -1244,7 +1252,8 @@ def scan_bwd(gout, gfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
     gA = torch.zeros(batch, nchunks, N, dim, dtype=torch.float32, device=dev)
     gD = _empty(batch, nchunks, dim, dtype=torch.float32, device=dev) if D is not None else None
     gbias = _empty(batch, nchunks, dim, dtype=torch.float32, device=dev) if delta_bias is not None else None
-    gh0 = torch.zeros_like(h0) if (packed and h0 is not None) else None
+    # packed: the kernels add each sequence's initial-state gradient at its first step
+    gh0_nd = torch.zeros(h0.shape[0], N, dim, dtype=torch.float32, device=dev) if packed and h0 is not None else None
     if cfg.bwd_mode == "seq":
         ndblk = triton.cdiv(dim, cfg.seq_block_d)
         nwork = nchunks * ndblk * batch
@@ -1255,24 +1264,24 @@ def scan_bwd(gout, gfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
         _kernel("_bwd_seq_kernel", dev)[(nprog,)](
             u, delta, At, B, C, D if D is not None else dummy, z if z is not None else dummy,
             delta_bias if delta_bias is not None else dummy, gout, seq_idx if packed else dummy,
-            h0 if h0 is not None else dummy, gfinal if gfinal is not None else dummy, hsub, nu, scratch,
-            gu, gdt, gz if gz is not None else dummy, gB, gC, gA, gD if gD is not None else dummy,
-            gbias if gbias is not None else dummy, gh0 if gh0 is not None else dummy,
+            h0_nd if packed and h0 is not None else dummy, gfin_nd if gfinal is not None else dummy, hsub, nu,
+            scratch, gu, gdt, gz if gz is not None else dummy, gB, gC, gA, gD if gD is not None else dummy,
+            gbias if gbias is not None else dummy, gh0_nd if gh0_nd is not None else dummy,
             L, dim, G, nchunks, nsub, ndblk, nwork, nprog, 1,
             N=N, CHUNK=cfg.chunk, SUB=cfg.sub, BD=cfg.seq_block_d, NP=NP, HAS_D=D is not None,
             PIECE=cfg.seq_piece, TWO_LEVEL=cfg.seq_piece < cfg.sub, UNIT_ADD=cfg.unit_add, num_warps=cfg.seq_warps,
             maxnreg=cfg.seq_maxnreg, PREFETCH_H=cfg.seq_prefetch_h, CHUNKS_FIRST=cfg.seq_chunks_first,
             PREFETCH_BC=cfg.seq_prefetch_bc,
-            LANE_SUMS=_lane_sums_apply(cfg, N, dim, G, packed),
+            LANE_SUMS=_lane_sums_apply(cfg, N, dim, G),
             **common, **_flags(dim, G, cfg.seq_block_d))
     else:
         grid = (nchunks, triton.cdiv(dim, cfg.bwd_block_d), batch)
         _kernel("_bwd_out_kernel", dev)[grid](
             u, delta, At, B, C, D if D is not None else dummy, z if z is not None else dummy,
             delta_bias if delta_bias is not None else dummy, gout, seq_idx if packed else dummy,
-            h0 if h0 is not None else dummy, gfinal if gfinal is not None else dummy, hsub, nu,
+            h0_nd if packed and h0 is not None else dummy, gfin_nd if gfinal is not None else dummy, hsub, nu,
             gu, gdt, gz if gz is not None else dummy, gB, gC, gA, gD if gD is not None else dummy,
-            gbias if gbias is not None else dummy, gh0 if gh0 is not None else dummy,
+            gbias if gbias is not None else dummy, gh0_nd if gh0_nd is not None else dummy,
             L, dim, G, nchunks, nsub,
             N=N, CHUNK=cfg.chunk, SUB=cfg.sub, BD=cfg.bwd_block_d, HAS_D=D is not None, num_warps=cfg.bwd_warps,
             REV_NATIVE=cfg.native_reverse_scan or dev.type != "cuda",
@@ -1280,8 +1289,7 @@ def scan_bwd(gout, gfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
     gA = gA.sum((0, 1)).t()
     gD = gD.sum((0, 1)) if gD is not None else None
     gbias = gbias.sum((0, 1)) if gbias is not None else None
-    if h0 is not None and not packed:
-        gh0 = gh_first.transpose(1, 2).contiguous()
+    gh0 = None if h0 is None else (gh0_nd if packed else gh_first).transpose(1, 2).contiguous()
     return gu, gdt, gA, gB.to(B.dtype), gC.to(C.dtype), gD, gz, gbias, gh0
 
 

@@ -38,25 +38,30 @@ def asm_operand_layouts(ttgir):
 OPTIONS = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, PACKED=False, HAS_H0=False, HAS_GFIN=False)
 
 
+PACKED = dict(OPTIONS, PACKED=True, HAS_H0=True, HAS_GFIN=True)
+
+
 @pytest.mark.parametrize("flags", [
     dict(OPTIONS, TWO_LEVEL=True, PREFETCH_H=False),
     dict(OPTIONS, HAS_D=False, HAS_Z=False, HAS_BIAS=False, SOFTPLUS=False, TWO_LEVEL=False, PREFETCH_H=True,
          PREFETCH_BC=False, CHUNKS_FIRST=True),
-], ids=["all_options", "no_options_and_the_other_launch_options"])
+    dict(PACKED, TWO_LEVEL=True, PREFETCH_H=False),
+    dict(PACKED, HAS_H0=False, TWO_LEVEL=False, PREFETCH_H=True),
+], ids=["all_options", "no_options_and_the_other_launch_options", "packed", "packed_no_initial_state"])
 def test_lane_sums_operands_have_one_channel_per_lane(flags):
+    """Packed batches included: their initial and final states are (N, D) tiles like every other state
+    tile (`_states_nd`); read as (D, N) tiles, they gave some of these operands the layout
+    sizePerThread [8, 1], threadsPerWarp [2, 16], and wrong dB/dC on the GPU."""
     layouts = asm_operand_layouts(seq_kernel_ttgir(**flags))
     assert layouts and len(layouts) % 2 == 0  # dB and dC, in each copy of the unrolled walk
     assert all(lay == WANTED for lay in layouts), layouts
 
 
-def test_packed_sequences_would_break_the_layout_so_the_launcher_turns_lane_sums_off():
-    """With cu_seqlens the compiler picks another layout for some of these tiles, so packed batches take
-    the plain sums."""
-    layouts = asm_operand_layouts(seq_kernel_ttgir(**dict(OPTIONS, PACKED=True, HAS_H0=True, HAS_GFIN=True,
-                                                          TWO_LEVEL=True, PREFETCH_H=False)))
-    assert any(lay != WANTED for lay in layouts)
+def test_lane_sums_apply_only_where_the_ptx_fits():
     cfg = ts.ScanConfig()
-    assert ts._lane_sums_apply(cfg, 16, 1024, 1, packed=False)
-    assert not ts._lane_sums_apply(cfg, 16, 1024, 1, packed=True)
-    assert not ts._lane_sums_apply(cfg, 16, 96, 2, packed=False)  # 48 channels a group: blocks straddle groups
-    assert not ts._lane_sums_apply(ts.ScanConfig(unit_add=False), 16, 1024, 1, packed=False)
+    assert ts._lane_sums_apply(cfg, 16, 1024, 1)
+    assert ts._lane_sums_apply(cfg, 16, 64, 2)  # 32 channels a group: each block inside one group
+    assert not ts._lane_sums_apply(cfg, 16, 96, 2)  # 48 channels a group: blocks straddle groups
+    assert not ts._lane_sums_apply(cfg, 8, 1024, 1)
+    assert not ts._lane_sums_apply(ts.ScanConfig(unit_add=False), 16, 1024, 1)
+    assert not ts._lane_sums_apply(ts.ScanConfig(lane_sums=False), 16, 1024, 1)

@@ -290,3 +290,22 @@ def test_seq_lane_sums_matches_reference(interpret, dim, ngroups, prefetch):
     torch.testing.assert_close(y.double(), y_r, **TOL[torch.float32])
     for k in g:
         torch.testing.assert_close(g[k].double(), g_r[k], **TOL[torch.float32], msg=lambda m, k=k: f"grad {k}: {m}")
+
+
+def test_seq_lane_sums_packed_matches_reference(interpret):
+    """The lane-sum path with packed sequences (a 1-step one among them), initial states and a final-state
+    gradient, at 32 channels and 16 states."""
+    cfg = ScanConfig(**{**SMALL["seq"]._fields(), "seq_block_d": 32, "sub": 8, "lane_sums": True})
+    cu = torch.tensor([0, 20, 21, 50, 60], dtype=torch.int32)
+    tensors = make_inputs(1, 60, 64, 16, 1, seed=7)
+    tensors[8] = torch.randn(4, 64, 16, generator=torch.Generator().manual_seed(8))
+    gy = torch.randn(1, 60, 64, generator=torch.Generator().manual_seed(9))
+    gf = torch.randn(4, 64, 16, generator=torch.Generator().manual_seed(10))
+    y, f, g = run_scan(lambda *a, **k: selective_scan_triton(*a, config=cfg, **k), tensors, grad_out=gy,
+                       grad_final=gf, cu_seqlens=cu)
+    y_r, f_r, g_r = run_scan(selective_scan_ref, as64(tensors), grad_out=gy.double(), grad_final=gf.double(),
+                             cu_seqlens=cu)
+    torch.testing.assert_close(y.double(), y_r, **TOL[torch.float32])
+    torch.testing.assert_close(f.double(), f_r, **TOL[torch.float32])
+    for k in g:
+        torch.testing.assert_close(g[k].double(), g_r[k], **TOL[torch.float32], msg=lambda m, k=k: f"grad {k}: {m}")

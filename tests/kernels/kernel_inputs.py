@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from dnamamba_kernels import selective_scan_ref
+
 
 def make_inputs(batch, seqlen, dim, dstate, ngroups=1, dtype=torch.float32, seed=0, delta_scale=0.5,
                 device="cpu"):
@@ -44,3 +46,16 @@ def run_scan(scan, tensors, *, use_D=True, use_z=True, use_bias=True, softplus=T
 
 def as64(tensors):
     return [t.double() for t in tensors]
+
+
+def assert_matches_reference(scan, tensors, tol, grad_out, grad_final=None, **kw):
+    """Run `scan` and the float64 reference on the same inputs and output gradients: the output, the final
+    state and every gradient must agree within `tol` (assert_close keyword arguments)."""
+    y, f, g = run_scan(scan, tensors, grad_out=grad_out, grad_final=grad_final, **kw)
+    y_r, f_r, g_r = run_scan(selective_scan_ref, as64(tensors), grad_out=grad_out.double(),
+                             grad_final=None if grad_final is None else grad_final.double(), **kw)
+    torch.testing.assert_close(y.double(), y_r, **tol)
+    torch.testing.assert_close(f.double(), f_r, **tol)
+    assert g.keys() == g_r.keys()
+    for k in g:
+        torch.testing.assert_close(g[k].double(), g_r[k], **tol, msg=lambda m, k=k: f"grad {k}: {m}")

@@ -6,7 +6,7 @@ import torch
 
 from dnamamba_kernels import ScanConfig, selective_scan_ref, selective_scan_triton
 
-from kernel_inputs import as64, make_inputs, run_scan
+from kernel_inputs import as64, assert_matches_reference, make_inputs, run_scan
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -54,13 +54,7 @@ def test_gpu_packed_matches_reference(scan):
     tensors[8] = torch.randn(4, 64, 16, device="cuda")
     gy = torch.randn(1, 3000, 64, device="cuda")
     gf = torch.randn(4, 64, 16, device="cuda")
-    y, f, g = run_scan(scan, tensors, grad_out=gy, grad_final=gf, cu_seqlens=cu)
-    y_r, f_r, g_r = run_scan(selective_scan_ref, as64(tensors), grad_out=gy.double(), grad_final=gf.double(),
-                             cu_seqlens=cu)
-    torch.testing.assert_close(y.double(), y_r, **TOL[torch.float32])
-    torch.testing.assert_close(f.double(), f_r, **TOL[torch.float32])
-    for k in g:
-        torch.testing.assert_close(g[k].double(), g_r[k], **TOL[torch.float32], msg=lambda m, k=k: f"grad {k}: {m}")
+    assert_matches_reference(scan, tensors, TOL[torch.float32], gy, gf, cu_seqlens=cu)
 
 
 def test_int64_offsets_past_2_31_elements(scan):
@@ -111,8 +105,5 @@ def test_gpu_lane_sums_match_reference(opts, cfg):
         tensors[1] = tensors[1].abs()  # a negative step size grows the state past fp32 over 1500 steps
     gy = torch.randn(2, 1500, 160, device="cuda")
     scan = ScanConfig(bwd_mode="seq", **cfg)
-    y, f, g = run_scan(lambda *a, **k: selective_scan_triton(*a, config=scan, **k), tensors, grad_out=gy, **opts)
-    y_r, f_r, g_r = run_scan(selective_scan_ref, as64(tensors), grad_out=gy.double(), **opts)
-    torch.testing.assert_close(y.double(), y_r, **TOL[torch.float32])
-    for k in g:
-        torch.testing.assert_close(g[k].double(), g_r[k], **TOL[torch.float32], msg=lambda m, k=k: f"grad {k}: {m}")
+    assert_matches_reference(lambda *a, **k: selective_scan_triton(*a, config=scan, **k), tensors, TOL[torch.float32],
+                             gy, **opts)

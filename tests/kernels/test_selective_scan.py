@@ -13,7 +13,7 @@ import torch
 import dnamamba_kernels
 from dnamamba_kernels import ScanConfig, selective_scan, selective_scan_ref, selective_scan_triton
 
-from kernel_inputs import as64, make_inputs, run_scan
+from kernel_inputs import as64, assert_matches_reference, make_inputs, run_scan
 
 # "seq" replays each sub-tile in pieces of 2 steps; "seq_one_piece" keeps the whole sub-tile at once, hands
 # out its work items chunk-first and loads B and C at each step instead of ahead
@@ -285,11 +285,8 @@ def test_seq_lane_sums_matches_reference(interpret, dim, ngroups, prefetch):
                         "seq_prefetch_h": prefetch})
     tensors = make_inputs(1, 37, dim, 16, ngroups, seed=dim)
     gy = torch.randn(1, 37, dim, generator=torch.Generator().manual_seed(3))
-    y, f, g = run_scan(lambda *a, **k: selective_scan_triton(*a, config=cfg, **k), tensors, grad_out=gy)
-    y_r, f_r, g_r = run_scan(selective_scan_ref, as64(tensors), grad_out=gy.double())
-    torch.testing.assert_close(y.double(), y_r, **TOL[torch.float32])
-    for k in g:
-        torch.testing.assert_close(g[k].double(), g_r[k], **TOL[torch.float32], msg=lambda m, k=k: f"grad {k}: {m}")
+    assert_matches_reference(lambda *a, **k: selective_scan_triton(*a, config=cfg, **k), tensors, TOL[torch.float32],
+                             gy)
 
 
 def test_seq_lane_sums_packed_matches_reference(interpret):
@@ -301,11 +298,5 @@ def test_seq_lane_sums_packed_matches_reference(interpret):
     tensors[8] = torch.randn(4, 64, 16, generator=torch.Generator().manual_seed(8))
     gy = torch.randn(1, 60, 64, generator=torch.Generator().manual_seed(9))
     gf = torch.randn(4, 64, 16, generator=torch.Generator().manual_seed(10))
-    y, f, g = run_scan(lambda *a, **k: selective_scan_triton(*a, config=cfg, **k), tensors, grad_out=gy,
-                       grad_final=gf, cu_seqlens=cu)
-    y_r, f_r, g_r = run_scan(selective_scan_ref, as64(tensors), grad_out=gy.double(), grad_final=gf.double(),
-                             cu_seqlens=cu)
-    torch.testing.assert_close(y.double(), y_r, **TOL[torch.float32])
-    torch.testing.assert_close(f.double(), f_r, **TOL[torch.float32])
-    for k in g:
-        torch.testing.assert_close(g[k].double(), g_r[k], **TOL[torch.float32], msg=lambda m, k=k: f"grad {k}: {m}")
+    assert_matches_reference(lambda *a, **k: selective_scan_triton(*a, config=cfg, **k), tensors, TOL[torch.float32],
+                             gy, gf, cu_seqlens=cu)

@@ -38,7 +38,7 @@ BENCH_LAUNCHES = {
                           _cfg.warps, _cfg.bwd_chunk_maxnreg),
     "_bwd_seq_kernel": (dict(_OPTIONS, CHUNK=1024, SUB=_cfg.sub, BD=_cfg.seq_block_d, HAS_D=True, HAS_Z=True,
                              HAS_GFIN=False, PIECE=_cfg.seq_piece, TWO_LEVEL=_cfg.seq_piece < _cfg.sub,
-                             LANE_SUMS=_cfg.lane_sums, PREFETCH_H=_cfg.seq_prefetch_h,
+                             LANE_SUMS=ts._lane_sums_apply(_cfg, 16, 1024, 1), PREFETCH_H=_cfg.seq_prefetch_h,
                              CHUNKS_FIRST=_cfg.seq_chunks_first, PREFETCH_BC=_cfg.seq_prefetch_bc),
                         _cfg.seq_warps, _cfg.seq_maxnreg),
 }

@@ -154,10 +154,13 @@ BWD_VARIANTS = [dict(bwd_mode="seq", seq_piece=16), dict(bwd_mode="seq", sub=32)
 
 
 # --variants: each changes one or two launch settings of the default configuration, at L=2^20
-VARIANTS = [dict(seq_prefetch_bc=False), dict(seq_prefetch_bc=False, seq_maxnreg=224, seq_programs_per_sm=9),
-            dict(seq_prefetch_bc=False, seq_maxnreg=200, seq_programs_per_sm=10),
-            dict(seq_prefetch_bc=False, seq_maxnreg=200, seq_programs_per_sm=10, sub=32),
-            dict(lane_sums=False), dict(sub=32), dict(bwd_chunk_maxnreg=None), dict(seq_programs_per_sm=7)]
+VARIANTS = [dict(seq_bc_lanes=True), dict(seq_bc_lanes=True, seq_maxnreg=224, seq_programs_per_sm=9),
+            dict(seq_bc_lanes=True, seq_maxnreg=200, seq_programs_per_sm=10),
+            dict(seq_bc_lanes=True, seq_maxnreg=184, seq_programs_per_sm=11),
+            dict(seq_bc_lanes=True, seq_maxnreg=168, seq_programs_per_sm=12),
+            dict(bc_lanes=True), dict(bc_lanes=True, bwd_chunk_maxnreg=128), dict(bc_lanes=True, fwd_maxnreg=96),
+            dict(bc_lanes=True, seq_bc_lanes=True, seq_maxnreg=200, seq_programs_per_sm=10, bwd_chunk_maxnreg=128),
+            dict(bc_lanes=False, seq_bc_lanes=False)]
 
 
 def check_float64(cfg):
@@ -263,13 +266,14 @@ def bwd_modes(out_path: Path, rep: int):
 
 
 def packed(out_path: Path, rep: int):
-    """Packed sequences: 2^20 tokens as 8 sequences of 2^17 in batch 1 (cu_seqlens), the default config
-    against the plain dB/dC sums, forward and forward+backward."""
+    """Packed sequences: 2^20 tokens as 8 sequences of 2^17 in batch 1 (cu_seqlens), the default config, the
+    plain dB/dC sums and B/C loaded one value a lane, forward and forward+backward."""
     x = make_inputs(1, 2 ** 20)
     cu = torch.arange(0, 2 ** 20 + 1, 2 ** 17, device="cuda", dtype=torch.int32)
     res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
            "cu_seqlens": cu.tolist(), "rows": []}
-    for kw in (dict(), dict(lane_sums=False)):
+    for kw in (dict(), dict(lane_sums=False), dict(bc_lanes=not ScanConfig().bc_lanes,
+                                                    seq_bc_lanes=not ScanConfig().seq_bc_lanes)):
         cfg = ScanConfig(**kw)
 
         def fn(**t):
@@ -297,7 +301,8 @@ def main():
                          "writes scan_bwd_modes_h200.json")
     ap.add_argument("--rep", type=int, default=200, help="do_bench time budget per measurement, ms")
     ap.add_argument("--packed", action="store_true",
-                    help="only time packed sequences (8 x 2^17 through cu_seqlens) with and without the lane sums; "
+                    help="only time packed sequences (8 x 2^17 through cu_seqlens): defaults, without the lane sums, "
+                         "and with B/C loading flipped; "
                          "writes scan_packed_h200.json")
     args = ap.parse_args()
     if args.packed:
@@ -376,10 +381,11 @@ def main():
                 for kw in VARIANTS:
                     c = ScanConfig(**kw)
                     fwd, fb, peak, grads, _ = measure(runner("triton", x, None, c), x, rep=100)
-                    var.append(dict(config=repr(c), fwd_ms=round(fwd, 3), fwdbwd_ms=round(fb, 3),
-                                    peak_extra_gb=round(peak, 3)))
-                    print(json.dumps(var[-1]), flush=True)
                     del grads
+                    var.append(dict(config=repr(c), fwd_ms=round(fwd, 3), fwdbwd_ms=round(fb, 3),
+                                    peak_extra_gb=round(peak, 3),
+                                    kernel_ms=kernel_times(runner("triton", x, None, c), x)))
+                    print(json.dumps(var[-1]), flush=True)
                 extra["variants_at_2^20"] = var
         del x
         torch.cuda.empty_cache()

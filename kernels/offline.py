@@ -21,14 +21,14 @@ import tempfile
 from . import triton_scan as ts
 
 # pointer arguments that hold 16-bit data in the benchmark (the rest are fp32 or int32)
-BF16_POINTERS = {"u_ptr", "dt_ptr", "z_ptr", "gout_ptr", "seq_ptr", "h0_ptr", "gfin_ptr", "out_ptr", "gu_ptr",
-                 "gdt_ptr", "gz_ptr"}
+BF16_POINTERS = {"u_ptr", "dt_ptr", "z_ptr", "gout_ptr", "out_ptr", "gu_ptr", "gdt_ptr", "gz_ptr"}
+INT32_POINTERS = {"seq_ptr"}  # the packed sequence index; initial and final states are fp32
 # integer arguments the launcher passes as multiples of 16 at the benchmark's shapes (Triton specialises those)
 MULTIPLES_OF_16 = {"L", "D", "nchunks", "nsub", "nwork", "ndblk", "DN", "nprog"}
 
 _cfg = ts.ScanConfig()
 _OPTIONS = dict(HAS_BIAS=True, SOFTPLUS=True, PACKED=False, HAS_H0=False, ONE_GROUP=True, UNIT_ADD=_cfg.unit_add,
-                N=16, NP=16)
+                N=16, NP=16, BC_LANES=ts._bc_lanes_block_apply(_cfg, 16, 1024, 1))
 # (constexprs, num_warps, maxnreg) of each kernel as the default ScanConfig launches it at L=2^20
 BENCH_LAUNCHES = {
     "_chunk_end_kernel": (dict(_OPTIONS, CHUNK=1024, BD=_cfg.block_d), _cfg.warps, _cfg.fwd_maxnreg),
@@ -38,7 +38,8 @@ BENCH_LAUNCHES = {
                           _cfg.warps, _cfg.bwd_chunk_maxnreg),
     "_bwd_seq_kernel": (dict(_OPTIONS, CHUNK=1024, SUB=_cfg.sub, BD=_cfg.seq_block_d, HAS_D=True, HAS_Z=True,
                              HAS_GFIN=False, PIECE=_cfg.seq_piece, TWO_LEVEL=_cfg.seq_piece < _cfg.sub,
-                             LANE_SUMS=ts._lane_sums_apply(_cfg, 16, 1024, 1), PREFETCH_H=_cfg.seq_prefetch_h,
+                             LANE_SUMS=ts._lane_sums_apply(_cfg, 16, 1024, 1),
+                             BC_LANES=ts._bc_lanes_apply(_cfg, 16, 1024, 1), PREFETCH_H=_cfg.seq_prefetch_h,
                              CHUNKS_FIRST=_cfg.seq_chunks_first, PREFETCH_BC=_cfg.seq_prefetch_bc),
                         _cfg.seq_warps, _cfg.seq_maxnreg),
 }
@@ -58,7 +59,7 @@ def compile_sm90(name: str, constexprs: dict, num_warps: int, maxnreg: int | Non
         elif arg == "G":
             signature[arg], constants[arg] = "constexpr", 1  # one group: Triton specialises an argument of 1
         elif arg.endswith("_ptr"):
-            signature[arg] = "*bf16" if arg in BF16_POINTERS else "*fp32"
+            signature[arg] = "*bf16" if arg in BF16_POINTERS else "*i32" if arg in INT32_POINTERS else "*fp32"
             attrs[(i,)] = [["tt.divisibility", 16]]
         else:
             signature[arg] = "i32"

@@ -67,6 +67,8 @@ DEFAULT_SEQ_WARPS = 1
 DEFAULT_SEQ_PROGRAMS_PER_SM = 8
 DEFAULT_SEQ_PIECE = 8
 DEFAULT_LANE_SUMS = True
+DEFAULT_SEQ_BC_LANES = False
+DEFAULT_BC_LANES = False
 # 168 registers let three 4-warp `_bwd_chunk_kernel` programs share an SM instead of two
 DEFAULT_BWD_CHUNK_MAXNREG = 168
 
@@ -116,6 +118,20 @@ _softplus = JITFunction(_softplus)
 _sigmoid = JITFunction(_sigmoid_interpreted)
 
 
+def _sequence_start_state(h0_ptr, s, n, dl, m2, D, N, HAS_H0):
+    # the state a packed sequence `s` starts from: its initial state, (N, D) like every state tile, or zeros.
+    # The kernels call this under `if start:`, so the tile is read only at sequence starts.
+    if HAS_H0:
+        h = tl.load(h0_ptr + s.to(tl.int64) * D * N + n[:, None] * D + dl[None, :], mask=m2, other=0.0).to(tl.float32)
+    else:
+        h = tl.full(m2.shape, 0.0, tl.float32)
+    return h
+
+
+_INTERPRETED_START_STATE = _sequence_start_state
+_sequence_start_state = JITFunction(_sequence_start_state)
+
+
 def _lane_sums_ptx() -> str:
     """PTX for `_lane_sums`: a reduce-scatter over the 32 lanes of a warp. Each lane brings 16 values
     (one channel's states) and keeps half of what it holds at each of four butterfly steps, so 15
@@ -158,15 +174,50 @@ def _lane_sums_reference(x):
 
 
 _lane_sums = JITFunction(_lane_sums)
+
+
+def _lane_broadcast_ptx() -> str:
+    """PTX for `_lane_broadcast`: lane j's output j' is lane j''s value, for j' = 0..15 (16 shuffles)."""
+    lines = ["{", ".reg .b32 v;", "mov.b32 v, $16;"]
+    lines += [f"shfl.sync.idx.b32 ${j}, v, {j}, 31, 0xffffffff;" for j in range(16)]
+    return "\n".join(lines + ["}"])
+
+
+_LANE_BROADCAST_PTX = tl.constexpr(_lane_broadcast_ptx())
+
+
+def _lane_broadcast(v):
+    # v: (BD,) fp32, one value a lane, BD a multiple of 32 with warps along channels. Returns (16, BD) in the
+    # layout of `_lane_sums` (each lane one channel's 16 states in order) with element (i, j) = v[32 w + i],
+    # w the warp of channel j: the shuffles stay inside each warp. A row of 16 values (B or C at one step) that every lane needs thus takes one register a
+    # lane while it is in flight instead of 16. The asm reads row 0 of its operand; the other rows are zeros
+    # rather than copies because the compiler would move an elementwise op on a broadcast tensor before the
+    # broadcast, where the asm would see one value a lane instead of 16.
+    i = tl.arange(0, 16)
+    x = tl.where(i[:, None] == 0, v[None, :], 0.0)  # (16, BD)
+    return tl.inline_asm_elementwise(_LANE_BROADCAST_PTX, _LANE_SUMS_CONSTRAINTS, [x], dtype=tl.float32,
+                                     is_pure=True, pack=16)
+
+
+def _lane_broadcast_reference(v):
+    # the same result for the interpreter, where v holds the same 16 values in every warp
+    i = tl.arange(0, 16)
+    j = tl.arange(0, v.shape[0])
+    row = tl.reduce(tl.where(i[:, None] == j[None, :], v[None, :], 0.0), 1, _add)  # (16,)
+    return tl.broadcast_to(row[:, None], (16, v.shape[0]))
+
+
+_lane_broadcast = JITFunction(_lane_broadcast)
 _INTERPRETER_HELPERS = {"_softplus": _softplus_interpreted, "_sigmoid": _sigmoid_interpreted,
-                        "_lane_sums": _lane_sums_reference}
+                        "_lane_sums": _lane_sums_reference, "_lane_broadcast": _lane_broadcast_reference,
+                        "_sequence_start_state": _INTERPRETED_START_STATE}
 
 
 def _chunk_end_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, seq_ptr, h0_ptr, hend_ptr, P_ptr,
                       L, D, G, nchunks, unit,
                       N: tl.constexpr, CHUNK: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, HAS_BIAS: tl.constexpr,
                       SOFTPLUS: tl.constexpr, PACKED: tl.constexpr, HAS_H0: tl.constexpr,
-                      ONE_GROUP: tl.constexpr, UNIT_ADD: tl.constexpr):
+                      ONE_GROUP: tl.constexpr, UNIT_ADD: tl.constexpr, BC_LANES: tl.constexpr):
     pid_c = tl.program_id(0)
     pid_d = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
@@ -184,7 +235,10 @@ def _chunk_end_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, seq_ptr, h0_ptr, he
     dpg = D // G
     t0 = pid_c * CHUNK
     t1 = tl.minimum(t0 + CHUNK, L)
-    if ONE_GROUP:
+    if BC_LANES:
+        bc0 = ((pid_d * BD) // dpg) * N + tl.arange(0, BD) % N  # (BD,): lane j loads state j % 16
+        bmask = tl.arange(0, BD) < BD
+    elif ONE_GROUP:
         bc0 = ((pid_d * BD) // dpg) * N + n  # (NP,)
         bmask = n < N
     else:
@@ -221,7 +275,9 @@ def _chunk_end_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, seq_ptr, h0_ptr, he
         if SOFTPLUS:
             dt = _softplus(dt)
         u = u_a.to(tl.float32)
-        if ONE_GROUP:
+        if BC_LANES:
+            Bt = _lane_broadcast(B_a)
+        elif ONE_GROUP:
             Bt = B_a.to(tl.float32)[:, None]
         else:
             Bt = B_a.to(tl.float32)
@@ -229,12 +285,8 @@ def _chunk_end_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, seq_ptr, h0_ptr, he
             s = tl.load(seq_ptr + t)
             s_prev = tl.where(t > 0, tl.load(seq_ptr + tl.maximum(t - 1, 0)), -1)
             start = s != s_prev
-            if HAS_H0:
-                hs = tl.load(h0_ptr + s.to(tl.int64) * D * N + n[:, None] * D + dl[None, :],
-                             mask=m2, other=0.0)
-                h = tl.where(start, hs, h)
-            else:
-                h = tl.where(start, 0.0, h)
+            if start:
+                h = _sequence_start_state(h0_ptr, s, n, dl, m2, D, N, HAS_H0)
             keep = tl.where(start, 0.0, keep)
         dt_sum += dt
         h = tl.exp2(dt[None, :] * A2) * h + (dt * u)[None, :] * Bt
@@ -277,7 +329,8 @@ def _chunk_out_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
                       L, D, G, nchunks, unit,
                       N: tl.constexpr, CHUNK: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, HAS_D: tl.constexpr,
                       HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, PACKED: tl.constexpr,
-                      HAS_H0: tl.constexpr, ONE_GROUP: tl.constexpr, UNIT_ADD: tl.constexpr):
+                      HAS_H0: tl.constexpr, ONE_GROUP: tl.constexpr, UNIT_ADD: tl.constexpr,
+                      BC_LANES: tl.constexpr):
     pid_c = tl.program_id(0)
     pid_d = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
@@ -298,7 +351,10 @@ def _chunk_out_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
     dpg = D // G
     t0 = pid_c * CHUNK
     t1 = tl.minimum(t0 + CHUNK, L)
-    if ONE_GROUP:
+    if BC_LANES:
+        bc0 = ((pid_d * BD) // dpg) * N + tl.arange(0, BD) % N  # (BD,): lane j loads state j % 16
+        bmask = tl.arange(0, BD) < BD
+    elif ONE_GROUP:
         bc0 = ((pid_d * BD) // dpg) * N + n
         bmask = nmask
     else:
@@ -341,7 +397,10 @@ def _chunk_out_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
         if SOFTPLUS:
             dt = _softplus(dt)
         u = u_a.to(tl.float32)
-        if ONE_GROUP:
+        if BC_LANES:
+            Bt = _lane_broadcast(B_a)
+            Ct = _lane_broadcast(C_a)
+        elif ONE_GROUP:
             Bt = B_a.to(tl.float32)[:, None]
             Ct = C_a.to(tl.float32)[:, None]
         else:
@@ -352,12 +411,8 @@ def _chunk_out_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
             s_prev = tl.where(t > 0, tl.load(seq_ptr + tl.maximum(t - 1, 0)), -1)
             s_next = tl.where(t + 1 < L, tl.load(seq_ptr + tl.minimum(t + 1, L - 1)), -1)
             start = s != s_prev
-            if HAS_H0:
-                hs = tl.load(h0_ptr + s.to(tl.int64) * D * N + n[:, None] * D + dl[None, :],
-                             mask=m2, other=0.0)
-                h = tl.where(start, hs, h)
-            else:
-                h = tl.where(start, 0.0, h)
+            if start:
+                h = _sequence_start_state(h0_ptr, s, n, dl, m2, D, N, HAS_H0)
         h = tl.exp2(dt[None, :] * A2) * h + (dt * u)[None, :] * Bt
         y = tl.reduce(h * Ct, 0, _add)  # (BD,)
         if HAS_D:
@@ -367,8 +422,8 @@ def _chunk_out_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
             y = y * zt * _sigmoid(zt)
         tl.store(out_ptr + (pid_b * L + t) * D + d, y, mask=dmask)
         if PACKED:
-            is_end = tl.full((NP, BD), 1, tl.int32) * (s != s_next).to(tl.int32)  # the scalar, as a tile mask
-            tl.store(final_ptr + s.to(tl.int64) * D * N + n[:, None] * D + dl[None, :], h, mask=m2 & (is_end > 0))
+            if s != s_next:
+                tl.store(final_ptr + s.to(tl.int64) * D * N + n[:, None] * D + dl[None, :], h, mask=m2)
         dt_a = dt_b
         u_a = u_b
         B_a = B_b
@@ -388,7 +443,7 @@ def _bwd_chunk_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, z_ptr, bias_ptr, gout_
                       N: tl.constexpr, CHUNK: tl.constexpr, SUB: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr,
                       HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, PACKED: tl.constexpr,
                       HAS_H0: tl.constexpr, HAS_GFIN: tl.constexpr, ONE_GROUP: tl.constexpr,
-                      UNIT_ADD: tl.constexpr):
+                      UNIT_ADD: tl.constexpr, BC_LANES: tl.constexpr):
     pid_c = tl.program_id(0)
     pid_d = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
@@ -407,7 +462,10 @@ def _bwd_chunk_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, z_ptr, bias_ptr, gout_
     dpg = D // G
     t0 = pid_c * CHUNK
     t1 = tl.minimum(t0 + CHUNK, L)
-    if ONE_GROUP:
+    if BC_LANES:
+        bc0 = ((pid_d * BD) // dpg) * N + tl.arange(0, BD) % N  # (BD,): lane j loads state j % 16
+        bmask = tl.arange(0, BD) < BD
+    elif ONE_GROUP:
         bc0 = ((pid_d * BD) // dpg) * N + n
         bmask = nmask
     else:
@@ -463,7 +521,10 @@ def _bwd_chunk_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, z_ptr, bias_ptr, gout_
         if HAS_Z:
             zt = z_a.to(tl.float32)
             gy = gy * zt * _sigmoid(zt)
-        if ONE_GROUP:
+        if BC_LANES:
+            Bt = _lane_broadcast(B_a)
+            Ct = _lane_broadcast(C_a)
+        elif ONE_GROUP:
             Bt = B_a.to(tl.float32)[:, None]
             Ct = C_a.to(tl.float32)[:, None]
         else:
@@ -473,13 +534,9 @@ def _bwd_chunk_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, z_ptr, bias_ptr, gout_
             s = tl.load(seq_ptr + t)
             s_prev = tl.where(t > 0, tl.load(seq_ptr + tl.maximum(t - 1, 0)), -1)
             start = s != s_prev
-            if HAS_H0:
-                hs = tl.load(h0_ptr + s.to(tl.int64) * D * N + n[:, None] * D + dl[None, :],
-                             mask=m2, other=0.0)
-                h = tl.where(start, hs, h)
-            else:
-                h = tl.where(start, 0.0, h)
-            cp = tl.where(start, 0.0, cp)
+            if start:
+                h = _sequence_start_state(h0_ptr, s, n, dl, m2, D, N, HAS_H0)
+                cp = tl.full((NP, BD), 0.0, tl.float32)
         dA = tl.exp2(dt[None, :] * A2)
         h = dA * h + (dt * u)[None, :] * Bt
         cp = cp * dA
@@ -487,9 +544,9 @@ def _bwd_chunk_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, z_ptr, bias_ptr, gout_
         if PACKED:
             if HAS_GFIN:
                 s_next = tl.where(t + 1 < L, tl.load(seq_ptr + tl.minimum(t + 1, L - 1)), -1)
-                gf = tl.load(gfin_ptr + s.to(tl.int64) * D * N + n[:, None] * D + dl[None, :],
-                             mask=m2, other=0.0)
-                acc += tl.where(s != s_next, cp * gf, 0.0)
+                if s != s_next:
+                    acc += cp * tl.load(gfin_ptr + s.to(tl.int64) * D * N + n[:, None] * D + dl[None, :], mask=m2,
+                                        other=0.0)
         dt_a = dt_b
         u_a = u_b
         g_a = g_b
@@ -671,7 +728,8 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                     PACKED: tl.constexpr, HAS_H0: tl.constexpr, HAS_GFIN: tl.constexpr, ONE_GROUP: tl.constexpr,
                     PIECE: tl.constexpr, TWO_LEVEL: tl.constexpr, UNIT_ADD: tl.constexpr, LANE_SUMS: tl.constexpr,
-                    PREFETCH_H: tl.constexpr, CHUNKS_FIRST: tl.constexpr, PREFETCH_BC: tl.constexpr):
+                    PREFETCH_H: tl.constexpr, CHUNKS_FIRST: tl.constexpr, PREFETCH_BC: tl.constexpr,
+                    BC_LANES: tl.constexpr):
     # Persistent: program `pid` owns scratch slot `pid` and takes work items pid, pid + nprog, ...; an item
     # is (channel block, chunk, batch), by default channel block fastest so programs running together share
     # B/C rows (CHUNKS_FIRST: chunk fastest).
@@ -693,6 +751,10 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
         lane = tl.arange(0, BD)
         lane_state = ((lane & 1) << 3) | ((lane & 2) << 1) | ((lane & 4) >> 1) | ((lane & 8) >> 3)  # (BD,)
         lane_first = lane < 16  # lanes 16-31 hold the same sums again
+    if BC_LANES:
+        # lane j loads state j % 16 of each B and C row, and `_lane_broadcast` gives every lane the whole row
+        # at the step: the rows in flight take one register each instead of 16
+        bc_lane = tl.arange(0, BD) % N  # (BD,)
     dpg = D // G
     for w in range(pid, nwork, nprog):
         if CHUNKS_FIRST:
@@ -716,7 +778,11 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
             bias = tl.load(bias_ptr + d, mask=dmask, other=0.0)
         if HAS_D:
             Dv = tl.load(D_ptr + d, mask=dmask, other=0.0)
-        if ONE_GROUP:
+        if BC_LANES:
+            g0 = (pid_d * BD) // dpg
+            bc0 = g0 * N + bc_lane  # (BD,)
+            bmask = bc_lane < N
+        elif ONE_GROUP:
             g0 = (pid_d * BD) // dpg
             bc0 = g0 * N + n  # (NP,)
             bmask = nmask
@@ -768,7 +834,9 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                         dt += bias
                     if SOFTPLUS:
                         dt = _softplus(dt)
-                    if ONE_GROUP:
+                    if BC_LANES:
+                        Bt = _lane_broadcast(B_a)
+                    elif ONE_GROUP:
                         Bt = B_a.to(tl.float32)[:, None]
                     else:
                         Bt = B_a.to(tl.float32)
@@ -776,12 +844,8 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                         s = tl.load(seq_ptr + t)
                         s_prev = tl.where(t > 0, tl.load(seq_ptr + tl.maximum(t - 1, 0)), -1)
                         start = s != s_prev
-                        if HAS_H0:
-                            hs = tl.load(h0_ptr + s.to(tl.int64) * D * N + n[:, None] * D + dl[None, :],
-                                         mask=m2, other=0.0)
-                            h = tl.where(start, hs, h)
-                        else:
-                            h = tl.where(start, 0.0, h)
+                        if start:
+                            h = _sequence_start_state(h0_ptr, s, n, dl, m2, D, N, HAS_H0)
                     h = tl.exp2(dt[None, :] * A2) * h + (dt * u_a.to(tl.float32))[None, :] * Bt
                     dt_a = dt_b
                     u_a = u_b
@@ -822,7 +886,9 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                         dt += bias
                     if SOFTPLUS:
                         dt = _softplus(dt)
-                    if ONE_GROUP:
+                    if BC_LANES:
+                        Bt = _lane_broadcast(B_a)
+                    elif ONE_GROUP:
                         Bt = B_a.to(tl.float32)[:, None]
                     else:
                         Bt = B_a.to(tl.float32)
@@ -830,12 +896,8 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                         s = tl.load(seq_ptr + t)
                         s_prev = tl.where(t > 0, tl.load(seq_ptr + tl.maximum(t - 1, 0)), -1)
                         start = s != s_prev
-                        if HAS_H0:
-                            hs = tl.load(h0_ptr + s.to(tl.int64) * D * N + n[:, None] * D + dl[None, :],
-                                         mask=m2, other=0.0)
-                            h = tl.where(start, hs, h)
-                        else:
-                            h = tl.where(start, 0.0, h)
+                        if start:
+                            h = _sequence_start_state(h0_ptr, s, n, dl, m2, D, N, HAS_H0)
                     h = tl.exp2(dt[None, :] * A2) * h + (dt * u_a.to(tl.float32))[None, :] * Bt
                     tl.store(scratch_ptr + slot + (t - ps0) * (NP * BD) + sc, h, mask=m2)
                     dt_a = dt_b
@@ -910,7 +972,10 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                         gy = go * zz * sig
                     else:
                         gy = go
-                    if ONE_GROUP:
+                    if BC_LANES:
+                        Bt = _lane_broadcast(B_a)
+                        Ct = _lane_broadcast(C_a)
+                    elif ONE_GROUP:
                         Bt = B_a.to(tl.float32)[:, None]
                         Ct = C_a.to(tl.float32)[:, None]
                     else:
@@ -925,15 +990,15 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                         start = s != s_prev
                         if HAS_GFIN:
                             s_next = tl.where(t + 1 < L, tl.load(seq_ptr + tl.minimum(t + 1, L - 1)), -1)
-                            gf = tl.load(gfin_ptr + s.to(tl.int64) * D * N + n[:, None] * D + dl[None, :],
-                                         mask=m2, other=0.0)
-                            c += tl.where(s != s_next, gf, 0.0)
+                            if s != s_next:
+                                c += tl.load(gfin_ptr + s.to(tl.int64) * D * N + n[:, None] * D + dl[None, :],
+                                             mask=m2, other=0.0)
                     if PACKED:
                         mu = (tl.exp2(dt_next[None, :] * A2) * keep_next[None, :]) * mu + c
                         if HAS_H0:
-                            is_start = tl.full((NP, BD), 1, tl.int32) * start.to(tl.int32)  # the scalar, as a tile mask
-                            tl.store(gh0_ptr + s.to(tl.int64) * D * N + n[:, None] * D + dl[None, :],
-                                     tl.exp2(dt[None, :] * A2) * mu, mask=m2 & (is_start > 0))
+                            if start:
+                                tl.store(gh0_ptr + s.to(tl.int64) * D * N + n[:, None] * D + dl[None, :],
+                                         tl.exp2(dt[None, :] * A2) * mu, mask=m2)
                         keep_next = tl.where(start, 0.0, 1.0) + tl.full((BD,), 0.0, tl.float32)  # no adjoint crosses a start
                     else:
                         mu = tl.exp2(dt_next[None, :] * A2) * mu + c
@@ -1060,7 +1125,11 @@ class ScanConfig:
     seq_prefetch_h: in the "seq" backward walk, load each step's state from the scratch slot one step ahead.
     seq_chunks_first: hand out "seq" work items chunk-first rather than channel-block-first.
     seq_prefetch_bc: in the backward walk, load B and C two steps ahead like the other inputs (False: at the
-    step, which frees 64 registers for a lower seq_maxnreg)."""
+    step, which frees 64 registers for a lower seq_maxnreg).
+    seq_bc_lanes: in the "seq" backward, each lane loads one value of every B and C row and `_lane_broadcast`
+    shares the row across the warp at the step, so rows loaded ahead take 1 register a lane instead of 16;
+    applies where `_lane_sums` can (`_bc_lanes_apply`).
+    bc_lanes: the same for the two forward passes and the backward recompute (`_bc_lanes_block_apply`)."""
 
     def __init__(self, chunk=None, sub=DEFAULT_SUB, block_d=DEFAULT_BLOCK_D, warps=DEFAULT_WARPS,
                  bwd_block_d=DEFAULT_BWD_BLOCK_D, bwd_warps=DEFAULT_BWD_WARPS, carry_block=DEFAULT_CARRY_BLOCK,
@@ -1068,7 +1137,8 @@ class ScanConfig:
                  seq_warps=DEFAULT_SEQ_WARPS, seq_programs_per_sm=DEFAULT_SEQ_PROGRAMS_PER_SM,
                  seq_piece=DEFAULT_SEQ_PIECE, unit_add=True, lane_sums=DEFAULT_LANE_SUMS, fwd_maxnreg=None,
                  bwd_chunk_maxnreg=DEFAULT_BWD_CHUNK_MAXNREG, seq_maxnreg=None, seq_prefetch_h=False,
-                 seq_chunks_first=False, seq_prefetch_bc=True):
+                 seq_chunks_first=False, seq_prefetch_bc=True, seq_bc_lanes=DEFAULT_SEQ_BC_LANES,
+                 bc_lanes=DEFAULT_BC_LANES):
         if chunk is not None and chunk % sub:
             raise ValueError(f"chunk {chunk} must be a multiple of sub {sub}")
         for name, v in (("sub", sub), ("block_d", block_d), ("bwd_block_d", bwd_block_d),
@@ -1099,7 +1169,7 @@ class ScanConfig:
         self.lane_sums = lane_sums
         self.fwd_maxnreg, self.bwd_chunk_maxnreg, self.seq_maxnreg = fwd_maxnreg, bwd_chunk_maxnreg, seq_maxnreg
         self.seq_prefetch_h, self.seq_chunks_first = seq_prefetch_h, seq_chunks_first
-        self.seq_prefetch_bc = seq_prefetch_bc
+        self.seq_prefetch_bc, self.seq_bc_lanes, self.bc_lanes = seq_prefetch_bc, seq_bc_lanes, bc_lanes
 
     def _fields(self):
         return dict(chunk=self.chunk, sub=self.sub, block_d=self.block_d, warps=self.warps,
@@ -1110,7 +1180,7 @@ class ScanConfig:
                     unit_add=self.unit_add, lane_sums=self.lane_sums, fwd_maxnreg=self.fwd_maxnreg,
                     bwd_chunk_maxnreg=self.bwd_chunk_maxnreg, seq_maxnreg=self.seq_maxnreg,
                     seq_prefetch_h=self.seq_prefetch_h, seq_chunks_first=self.seq_chunks_first,
-                    seq_prefetch_bc=self.seq_prefetch_bc)
+                    seq_prefetch_bc=self.seq_prefetch_bc, seq_bc_lanes=self.seq_bc_lanes, bc_lanes=self.bc_lanes)
 
     def resolve(self, batch: int, seqlen: int, dim: int) -> "ScanConfig":
         """A copy with `chunk` fixed. Auto: the largest power of two up to 1024 that still gives about
@@ -1133,15 +1203,32 @@ def _flags(D, G, block_d):
     return dict(ONE_GROUP=(G == 1) or ((D // G) % block_d == 0))
 
 
-def _lane_sums_apply(cfg, N, D, G) -> bool:
-    """Whether the "seq" backward uses `_lane_sums`. Its PTX needs each lane to hold one channel's 16 states in
-    order: 16 states, 32 channels in one warp, a channel block inside one group, and the layout that the
-    `unit_add` offsets give to (N, D) tiles. Every state tile the kernels touch is (N, D) for that reason
-    (`_states_nd`): with the packed path's initial and final states read as (D, N) tiles, the compiler laid
-    some state tiles out differently and dB/dC came out wrong on the GPU.
+def _lane_layout(cfg, N, D, G) -> bool:
+    """Whether the "seq" kernel's tiles have the layout the PTX of `_lane_sums` and `_lane_broadcast` needs: each
+    lane holds one channel's 16 states in order. That takes 16 states, 32 channels in one warp, a channel block
+    inside one group, and the layout that the `unit_add` offsets give to (N, D) tiles. Every state tile the
+    kernels touch is (N, D) for that reason (`_states_nd`): with the packed path's initial and final states read
+    as (D, N) tiles, the compiler laid some state tiles out differently and dB/dC came out wrong on the GPU.
     tests/kernels/test_lane_sums_layout.py checks the layout in the compiler's output."""
-    return (cfg.lane_sums and N == 16 and cfg.seq_block_d == 32 and cfg.seq_warps == 1 and cfg.unit_add
+    return (N == 16 and cfg.seq_block_d == 32 and cfg.seq_warps == 1 and cfg.unit_add
             and _flags(D, G, cfg.seq_block_d)["ONE_GROUP"])
+
+
+def _lane_sums_apply(cfg, N, D, G) -> bool:
+    """Whether the "seq" backward sums dB and dC with `_lane_sums` (see `_lane_layout`)."""
+    return cfg.lane_sums and _lane_layout(cfg, N, D, G)
+
+
+def _bc_lanes_apply(cfg, N, D, G) -> bool:
+    """Whether the "seq" backward loads B and C one value a lane and shares rows with `_lane_broadcast`."""
+    return cfg.seq_bc_lanes and _lane_layout(cfg, N, D, G)
+
+
+def _bc_lanes_block_apply(cfg, N, D, G) -> bool:
+    """Whether the forward passes and `_bwd_chunk_kernel` use `_lane_broadcast`: 16 states, 32 channels a warp
+    (block_d = 32 warps), the `unit_add` layout and each channel block inside one group."""
+    return (cfg.bc_lanes and N == 16 and cfg.block_d == 32 * cfg.warps and cfg.unit_add
+            and _flags(D, G, cfg.block_d)["ONE_GROUP"])
 
 
 def _states_nd(x):
@@ -1195,7 +1282,8 @@ def scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, seq_idx, n
     P = _empty_like(hend)
     grid = (nchunks, triton.cdiv(dim, cfg.block_d), batch)
     common = dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), PACKED=packed,
-                  HAS_H0=h0 is not None, UNIT_ADD=cfg.unit_add, **_flags(dim, G, cfg.block_d))
+                  HAS_H0=h0 is not None, UNIT_ADD=cfg.unit_add, BC_LANES=_bc_lanes_block_apply(cfg, N, dim, G),
+                  **_flags(dim, G, cfg.block_d))
     dummy = u
     h0_nd = _states_nd(h0)
     _kernel("_chunk_end_kernel", dev)[grid](
@@ -1241,7 +1329,7 @@ def scan_bwd(gout, gfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
         gfin_nd if gfinal is not None else dummy,
         hstart, hsub, local, L, dim, G, nchunks, 1, nsub,
         N=N, CHUNK=cfg.chunk, SUB=cfg.sub, BD=cfg.block_d, NP=NP, num_warps=cfg.warps, UNIT_ADD=cfg.unit_add,
-        maxnreg=cfg.bwd_chunk_maxnreg,
+        maxnreg=cfg.bwd_chunk_maxnreg, BC_LANES=_bc_lanes_block_apply(cfg, N, dim, G),
         **common, **_flags(dim, G, cfg.block_d))
     nu, gh_first = _carry(P, local, None if packed else gfin_nd, True, cfg)  # nu[c]: adjoint at chunk c's end
     gu = _empty_like(u)
@@ -1272,7 +1360,7 @@ def scan_bwd(gout, gfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
             PIECE=cfg.seq_piece, TWO_LEVEL=cfg.seq_piece < cfg.sub, UNIT_ADD=cfg.unit_add, num_warps=cfg.seq_warps,
             maxnreg=cfg.seq_maxnreg, PREFETCH_H=cfg.seq_prefetch_h, CHUNKS_FIRST=cfg.seq_chunks_first,
             PREFETCH_BC=cfg.seq_prefetch_bc,
-            LANE_SUMS=_lane_sums_apply(cfg, N, dim, G),
+            LANE_SUMS=_lane_sums_apply(cfg, N, dim, G), BC_LANES=_bc_lanes_apply(cfg, N, dim, G),
             **common, **_flags(dim, G, cfg.seq_block_d))
     else:
         grid = (nchunks, triton.cdiv(dim, cfg.bwd_block_d), batch)

@@ -15,9 +15,12 @@ TOL = {torch.float32: dict(rtol=6e-4, atol=2e-3), torch.float16: dict(rtol=3e-3,
        torch.bfloat16: dict(rtol=3e-2, atol=5e-2)}
 
 
-# the defaults of each backward mode, and "seq" with the per-state channel sums and 32-step checkpoints
+# the defaults of each backward mode, "seq" with the per-state channel sums and 32-step checkpoints, and
+# B/C rows shared by shuffles in every kernel, with register caps
 GPU_CONFIGS = {"tile": dict(bwd_mode="tile"), "seq": dict(bwd_mode="seq"),
-               "seq_plain_sums_sub32": dict(bwd_mode="seq", lane_sums=False, sub=32)}
+               "seq_plain_sums_sub32": dict(bwd_mode="seq", lane_sums=False, sub=32),
+               "bc_lanes_capped": dict(bwd_mode="seq", bc_lanes=True, seq_bc_lanes=True, seq_maxnreg=168,
+                                       seq_programs_per_sm=12, bwd_chunk_maxnreg=128)}
 
 
 @pytest.fixture(params=list(GPU_CONFIGS))
@@ -96,8 +99,9 @@ def test_int64_offsets_past_2_31_elements(scan):
 @pytest.mark.parametrize("opts", [dict(), dict(use_D=False, use_z=False, use_bias=False, softplus=False, use_h0=False)],
                          ids=["all_options", "no_options"])
 @pytest.mark.parametrize("cfg", [dict(lane_sums=True), dict(lane_sums=True, seq_prefetch_h=True, seq_maxnreg=200,
-                                                              seq_programs_per_sm=10, seq_prefetch_bc=False)],
-                         ids=["lane_sums", "prefetch"])
+                                                              seq_programs_per_sm=10, seq_prefetch_bc=False),
+                                 dict(lane_sums=True, bc_lanes=True, seq_bc_lanes=True)],
+                         ids=["lane_sums", "prefetch", "bc_lanes"])
 def test_gpu_lane_sums_match_reference(opts, cfg):
     """The PTX channel sums of the "seq" backward (one group, 160 channels: five blocks of 32) against float64."""
     tensors = make_inputs(2, 1500, 160, 16, 1, seed=11, device="cuda")

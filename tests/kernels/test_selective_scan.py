@@ -12,6 +12,7 @@ import torch
 
 import dnamamba_kernels
 from dnamamba_kernels import ScanConfig, selective_scan, selective_scan_ref, selective_scan_triton
+from dnamamba_kernels.triton_scan import _lane_broadcast_ptx, _lane_sums_ptx
 
 from kernel_inputs import as64, assert_matches_reference, make_inputs, run_scan
 
@@ -223,13 +224,12 @@ def test_config_rejects_bad_backward_settings():
         ScanConfig(seq_piece=6)
 
 
-def run_lane_sums_ptx(values):
-    """Execute the `_lane_sums` PTX for one warp: values (32 lanes, 16) -> outputs (32 lanes, 16).
+def run_warp_ptx(ptx, values):
+    """Execute the PTX of `_lane_sums` or `_lane_broadcast` for one warp: values (32 lanes, 16) -> outputs
+    (32 lanes, 16).
 
-    A small model of the six instructions the generated code uses, per lane, with shfl.sync.bfly
-    reading the partner lane's register as it stood before the instruction."""
-    from dnamamba_kernels.triton_scan import _lane_sums_ptx
-
+    A small model of the instructions the generated code uses, per lane, with a shuffle reading the
+    source lane's register as it stood before the instruction."""
     regs = [{"%laneid": lane, **{f"${16 + j}": float(values[lane][j]) for j in range(16)}} for lane in range(32)]
 
     def val(r, x):
@@ -237,16 +237,19 @@ def run_lane_sums_ptx(values):
             return r[x]
         return int(x, 0)
 
-    for line in _lane_sums_ptx().splitlines():
+    for line in ptx.splitlines():
         line = line.strip().rstrip(";")
         if line in ("{", "}") or line.startswith(".reg"):
             continue
         op, args = line.split(None, 1)
         a = [x.strip() for x in args.split(",")]
-        if op.startswith("shfl.sync.bfly"):
+        if op.startswith("shfl.sync."):
+            assert a[3:] == ["31", "0xffffffff"], line  # the whole warp, no segments
             before = [dict(r) for r in regs]
             for lane, r in enumerate(regs):
-                r[a[0]] = before[lane ^ val(r, a[2])][a[1]]
+                src = lane ^ val(r, a[2]) if op == "shfl.sync.bfly.b32" else val(r, a[2])
+                assert op in ("shfl.sync.bfly.b32", "shfl.sync.idx.b32"), line
+                r[a[0]] = before[src][a[1]]
             continue
         for r in regs:
             if op in ("mov.u32", "mov.b32"):
@@ -268,7 +271,7 @@ def test_lane_sums_ptx_leaves_each_state_sum_where_the_kernel_reads_it():
     """The reduce-scatter PTX, run lane by lane: lane j (and j + 16) must end with the sum over all 32
     lanes of state bitrev4(j) in every output, which is where `_bwd_seq_kernel` reads it."""
     x = torch.randn(32, 16, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    out = run_lane_sums_ptx(x.tolist())
+    out = run_warp_ptx(_lane_sums_ptx(), x.tolist())
     sums = x.sum(0)  # (16,)
     for lane in range(32):
         j = lane & 15
@@ -276,23 +279,37 @@ def test_lane_sums_ptx_leaves_each_state_sum_where_the_kernel_reads_it():
         torch.testing.assert_close(out[lane], sums[state].expand(16), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("dim,ngroups,prefetch", [(70, 1, False), (64, 2, True)])
-def test_seq_lane_sums_matches_reference(interpret, dim, ngroups, prefetch):
+def test_lane_broadcast_ptx_gives_every_lane_the_row():
+    """The broadcast PTX reads each lane's first operand (row 0 of the tile) and must hand every lane the
+    values of lanes 0-15 in order: the B or C row of the step, as `_bwd_seq_kernel` uses it."""
+    x = torch.randn(32, 16, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    out = run_warp_ptx(_lane_broadcast_ptx(), x.tolist())
+    for lane in range(32):
+        torch.testing.assert_close(out[lane], x[:16, 0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dim,ngroups,prefetch,bc_lanes", [(70, 1, False, False), (64, 2, True, False),
+                                                           (70, 1, False, True), (64, 2, False, True)])
+def test_seq_lane_sums_matches_reference(interpret, dim, ngroups, prefetch, bc_lanes):
     """The lane-sum path of the "seq" backward (32 channels a program, dstate 16), interpreted with the
     reference placement of the sums: a ragged last channel block (70) and two groups of 32 channels;
-    the second also loads each state a step ahead (seq_prefetch_h)."""
+    one run also loads each state a step ahead (seq_prefetch_h), and two load B and C one value a lane
+    in every kernel (seq_bc_lanes and bc_lanes, with the reference `_lane_broadcast`)."""
     cfg = ScanConfig(**{**SMALL["seq"]._fields(), "seq_block_d": 32, "sub": 8, "lane_sums": True,
-                        "seq_prefetch_h": prefetch})
+                        "seq_prefetch_h": prefetch, "seq_bc_lanes": bc_lanes, "bc_lanes": bc_lanes,
+                        "block_d": 32 if bc_lanes else 8})
     tensors = make_inputs(1, 37, dim, 16, ngroups, seed=dim)
     gy = torch.randn(1, 37, dim, generator=torch.Generator().manual_seed(3))
     assert_matches_reference(lambda *a, **k: selective_scan_triton(*a, config=cfg, **k), tensors, TOL[torch.float32],
                              gy)
 
 
-def test_seq_lane_sums_packed_matches_reference(interpret):
+@pytest.mark.parametrize("bc_lanes", [False, True])
+def test_seq_lane_sums_packed_matches_reference(interpret, bc_lanes):
     """The lane-sum path with packed sequences (a 1-step one among them), initial states and a final-state
-    gradient, at 32 channels and 16 states."""
-    cfg = ScanConfig(**{**SMALL["seq"]._fields(), "seq_block_d": 32, "sub": 8, "lane_sums": True})
+    gradient, at 32 channels and 16 states, with B and C loaded either way."""
+    cfg = ScanConfig(**{**SMALL["seq"]._fields(), "seq_block_d": 32, "sub": 8, "lane_sums": True,
+                        "seq_bc_lanes": bc_lanes, "bc_lanes": bc_lanes, "block_d": 32 if bc_lanes else 8})
     cu = torch.tensor([0, 20, 21, 50, 60], dtype=torch.int32)
     tensors = make_inputs(1, 60, 64, 16, 1, seed=7)
     tensors[8] = torch.randn(4, 64, 16, generator=torch.Generator().manual_seed(8))

@@ -154,13 +154,9 @@ BWD_VARIANTS = [dict(bwd_mode="seq", seq_piece=16), dict(bwd_mode="seq", sub=32)
 
 
 # --variants: each changes one or two launch settings of the default configuration, at L=2^20
-VARIANTS = [dict(seq_bc_lanes=True), dict(seq_bc_lanes=True, seq_maxnreg=224, seq_programs_per_sm=9),
-            dict(seq_bc_lanes=True, seq_maxnreg=200, seq_programs_per_sm=10),
-            dict(seq_bc_lanes=True, seq_maxnreg=184, seq_programs_per_sm=11),
-            dict(seq_bc_lanes=True, seq_maxnreg=168, seq_programs_per_sm=12),
-            dict(bc_lanes=True), dict(bc_lanes=True, bwd_chunk_maxnreg=128), dict(bc_lanes=True, fwd_maxnreg=96),
-            dict(bc_lanes=True, seq_bc_lanes=True, seq_maxnreg=200, seq_programs_per_sm=10, bwd_chunk_maxnreg=128),
-            dict(bc_lanes=False, seq_bc_lanes=False)]
+VARIANTS = [dict(seq_walk_unroll=4), dict(seq_walk_unroll=8), dict(seq_prefetch_h=True),
+            dict(seq_walk_unroll=4, seq_prefetch_h=True), dict(seq_bc_lanes=False), dict(bc_lanes=False),
+            dict(bwd_chunk_maxnreg=168), dict(bc_lanes=False, seq_bc_lanes=False)]
 
 
 def check_float64(cfg):

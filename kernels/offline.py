@@ -35,12 +35,13 @@ BENCH_LAUNCHES = {
     "_chunk_out_kernel": (dict(_OPTIONS, CHUNK=1024, BD=_cfg.block_d, HAS_D=True, HAS_Z=True), _cfg.warps,
                           _cfg.fwd_maxnreg),
     "_bwd_chunk_kernel": (dict(_OPTIONS, CHUNK=1024, SUB=_cfg.sub, BD=_cfg.block_d, HAS_Z=True, HAS_GFIN=False),
-                          _cfg.warps, _cfg.bwd_chunk_maxnreg),
+                          _cfg.warps, ts._bwd_chunk_maxnreg(_cfg, 16, 1024, 1)),
     "_bwd_seq_kernel": (dict(_OPTIONS, CHUNK=1024, SUB=_cfg.sub, BD=_cfg.seq_block_d, HAS_D=True, HAS_Z=True,
                              HAS_GFIN=False, PIECE=_cfg.seq_piece, TWO_LEVEL=_cfg.seq_piece < _cfg.sub,
                              LANE_SUMS=ts._lane_sums_apply(_cfg, 16, 1024, 1),
                              BC_LANES=ts._bc_lanes_apply(_cfg, 16, 1024, 1), PREFETCH_H=_cfg.seq_prefetch_h,
-                             CHUNKS_FIRST=_cfg.seq_chunks_first, PREFETCH_BC=_cfg.seq_prefetch_bc),
+                             CHUNKS_FIRST=_cfg.seq_chunks_first, PREFETCH_BC=_cfg.seq_prefetch_bc,
+                             WALK_UNROLL=_cfg.seq_walk_unroll),
                         _cfg.seq_warps, _cfg.seq_maxnreg),
 }
 

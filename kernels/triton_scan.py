@@ -67,10 +67,12 @@ DEFAULT_SEQ_WARPS = 1
 DEFAULT_SEQ_PROGRAMS_PER_SM = 8
 DEFAULT_SEQ_PIECE = 8
 DEFAULT_LANE_SUMS = True
-DEFAULT_SEQ_BC_LANES = False
-DEFAULT_BC_LANES = False
-# 168 registers let three 4-warp `_bwd_chunk_kernel` programs share an SM instead of two
-DEFAULT_BWD_CHUNK_MAXNREG = 168
+DEFAULT_SEQ_BC_LANES = True
+DEFAULT_BC_LANES = True
+# Register caps for `_bwd_chunk_kernel` ("auto"): 168 lets three 4-warp programs share an SM instead of two;
+# with B and C loaded one value a lane (bc_lanes) the kernel needs fewer registers and 128 fits four
+BWD_CHUNK_MAXNREG = 168
+BWD_CHUNK_MAXNREG_BC_LANES = 128
 
 
 # The scan combine functions are always compiled-mode JITFunctions: the interpreter calls their
@@ -729,7 +731,7 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                     PACKED: tl.constexpr, HAS_H0: tl.constexpr, HAS_GFIN: tl.constexpr, ONE_GROUP: tl.constexpr,
                     PIECE: tl.constexpr, TWO_LEVEL: tl.constexpr, UNIT_ADD: tl.constexpr, LANE_SUMS: tl.constexpr,
                     PREFETCH_H: tl.constexpr, CHUNKS_FIRST: tl.constexpr, PREFETCH_BC: tl.constexpr,
-                    BC_LANES: tl.constexpr):
+                    BC_LANES: tl.constexpr, WALK_UNROLL: tl.constexpr):
     # Persistent: program `pid` owns scratch slot `pid` and takes work items pid, pid + nprog, ...; an item
     # is (channel block, chunk, batch), by default channel block fastest so programs running together share
     # B/C rows (CHUNKS_FIRST: chunk fastest).
@@ -932,7 +934,7 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                     z_b = tl.load(z_ptr + ud, mask=dmask, other=0.0)
                 if PREFETCH_H:
                     h_a = tl.load(scratch_ptr + slot + (last - ps0) * (NP * BD) + sc, mask=m2, other=0.0)
-                for i in tl.range(0, ps1 - ps0, loop_unroll_factor=2):
+                for i in tl.range(0, ps1 - ps0, loop_unroll_factor=WALK_UNROLL):
                     t = last - i
                     if PREFETCH_H:
                         # the next (earlier) step's state, loaded a step ahead so its latency overlaps this step
@@ -1119,7 +1121,8 @@ class ScanConfig:
     lane_sums: in the "seq" backward, sum dB and dC over the warp's channels with one reduce-scatter
     (`_lane_sums`) instead of a butterfly per state; see `_lane_sums_apply` for when it applies.
     fwd_maxnreg / bwd_chunk_maxnreg / seq_maxnreg: a register cap per thread for the two forward passes, the
-    backward recompute and the "seq" kernel (None: the compiler's choice). Registers decide how many programs
+    backward recompute and the "seq" kernel (None: the compiler's choice; bwd_chunk_maxnreg="auto": 128 where
+    bc_lanes applies, else 168). Registers decide how many programs
     fit on an SM, so a lower cap trades spills for occupancy; with "seq", set seq_programs_per_sm to what
     fits (65536 / (32 * seq_warps * cap)).
     seq_prefetch_h: in the "seq" backward walk, load each step's state from the scratch slot one step ahead.
@@ -1129,16 +1132,18 @@ class ScanConfig:
     seq_bc_lanes: in the "seq" backward, each lane loads one value of every B and C row and `_lane_broadcast`
     shares the row across the warp at the step, so rows loaded ahead take 1 register a lane instead of 16;
     applies where `_lane_sums` can (`_bc_lanes_apply`).
-    bc_lanes: the same for the two forward passes and the backward recompute (`_bc_lanes_block_apply`)."""
+    bc_lanes: the same for the two forward passes and the backward recompute (`_bc_lanes_block_apply`).
+    seq_walk_unroll: how many steps of the "seq" backward walk the compiler sees at once (more overlaps the
+    independent work of neighbouring steps, at the cost of registers)."""
 
     def __init__(self, chunk=None, sub=DEFAULT_SUB, block_d=DEFAULT_BLOCK_D, warps=DEFAULT_WARPS,
                  bwd_block_d=DEFAULT_BWD_BLOCK_D, bwd_warps=DEFAULT_BWD_WARPS, carry_block=DEFAULT_CARRY_BLOCK,
                  native_reverse_scan=True, bwd_mode=DEFAULT_BWD_MODE, seq_block_d=DEFAULT_SEQ_BLOCK_D,
                  seq_warps=DEFAULT_SEQ_WARPS, seq_programs_per_sm=DEFAULT_SEQ_PROGRAMS_PER_SM,
                  seq_piece=DEFAULT_SEQ_PIECE, unit_add=True, lane_sums=DEFAULT_LANE_SUMS, fwd_maxnreg=None,
-                 bwd_chunk_maxnreg=DEFAULT_BWD_CHUNK_MAXNREG, seq_maxnreg=None, seq_prefetch_h=False,
+                 bwd_chunk_maxnreg="auto", seq_maxnreg=None, seq_prefetch_h=False,
                  seq_chunks_first=False, seq_prefetch_bc=True, seq_bc_lanes=DEFAULT_SEQ_BC_LANES,
-                 bc_lanes=DEFAULT_BC_LANES):
+                 bc_lanes=DEFAULT_BC_LANES, seq_walk_unroll=2):
         if chunk is not None and chunk % sub:
             raise ValueError(f"chunk {chunk} must be a multiple of sub {sub}")
         for name, v in (("sub", sub), ("block_d", block_d), ("bwd_block_d", bwd_block_d),
@@ -1153,7 +1158,7 @@ class ScanConfig:
             raise ValueError(f"seq_programs_per_sm must be at least 1, got {seq_programs_per_sm}")
         for name, v in (("fwd_maxnreg", fwd_maxnreg), ("bwd_chunk_maxnreg", bwd_chunk_maxnreg),
                         ("seq_maxnreg", seq_maxnreg)):
-            if v is not None and not 24 <= v <= 255:
+            if v is not None and not (name == "bwd_chunk_maxnreg" and v == "auto") and not 24 <= v <= 255:
                 raise ValueError(f"{name} must be None or a register count from 24 to 255, got {v}")
         self.chunk, self.sub, self.block_d, self.warps = chunk, sub, block_d, warps
         self.bwd_block_d, self.bwd_warps, self.carry_block = bwd_block_d, bwd_warps, carry_block
@@ -1170,6 +1175,7 @@ class ScanConfig:
         self.fwd_maxnreg, self.bwd_chunk_maxnreg, self.seq_maxnreg = fwd_maxnreg, bwd_chunk_maxnreg, seq_maxnreg
         self.seq_prefetch_h, self.seq_chunks_first = seq_prefetch_h, seq_chunks_first
         self.seq_prefetch_bc, self.seq_bc_lanes, self.bc_lanes = seq_prefetch_bc, seq_bc_lanes, bc_lanes
+        self.seq_walk_unroll = seq_walk_unroll
 
     def _fields(self):
         return dict(chunk=self.chunk, sub=self.sub, block_d=self.block_d, warps=self.warps,
@@ -1180,7 +1186,8 @@ class ScanConfig:
                     unit_add=self.unit_add, lane_sums=self.lane_sums, fwd_maxnreg=self.fwd_maxnreg,
                     bwd_chunk_maxnreg=self.bwd_chunk_maxnreg, seq_maxnreg=self.seq_maxnreg,
                     seq_prefetch_h=self.seq_prefetch_h, seq_chunks_first=self.seq_chunks_first,
-                    seq_prefetch_bc=self.seq_prefetch_bc, seq_bc_lanes=self.seq_bc_lanes, bc_lanes=self.bc_lanes)
+                    seq_prefetch_bc=self.seq_prefetch_bc, seq_bc_lanes=self.seq_bc_lanes, bc_lanes=self.bc_lanes,
+                    seq_walk_unroll=self.seq_walk_unroll)
 
     def resolve(self, batch: int, seqlen: int, dim: int) -> "ScanConfig":
         """A copy with `chunk` fixed. Auto: the largest power of two up to 1024 that still gives about
@@ -1229,6 +1236,13 @@ def _bc_lanes_block_apply(cfg, N, D, G) -> bool:
     (block_d = 32 warps), the `unit_add` layout and each channel block inside one group."""
     return (cfg.bc_lanes and N == 16 and cfg.block_d == 32 * cfg.warps and cfg.unit_add
             and _flags(D, G, cfg.block_d)["ONE_GROUP"])
+
+
+def _bwd_chunk_maxnreg(cfg, N, D, G):
+    """The register cap `_bwd_chunk_kernel` launches with (see ScanConfig.bwd_chunk_maxnreg)."""
+    if cfg.bwd_chunk_maxnreg != "auto":
+        return cfg.bwd_chunk_maxnreg
+    return BWD_CHUNK_MAXNREG_BC_LANES if _bc_lanes_block_apply(cfg, N, D, G) else BWD_CHUNK_MAXNREG
 
 
 def _states_nd(x):
@@ -1329,7 +1343,7 @@ def scan_bwd(gout, gfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
         gfin_nd if gfinal is not None else dummy,
         hstart, hsub, local, L, dim, G, nchunks, 1, nsub,
         N=N, CHUNK=cfg.chunk, SUB=cfg.sub, BD=cfg.block_d, NP=NP, num_warps=cfg.warps, UNIT_ADD=cfg.unit_add,
-        maxnreg=cfg.bwd_chunk_maxnreg, BC_LANES=_bc_lanes_block_apply(cfg, N, dim, G),
+        maxnreg=_bwd_chunk_maxnreg(cfg, N, dim, G), BC_LANES=_bc_lanes_block_apply(cfg, N, dim, G),
         **common, **_flags(dim, G, cfg.block_d))
     nu, gh_first = _carry(P, local, None if packed else gfin_nd, True, cfg)  # nu[c]: adjoint at chunk c's end
     gu = _empty_like(u)
@@ -1361,6 +1375,7 @@ def scan_bwd(gout, gfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
             maxnreg=cfg.seq_maxnreg, PREFETCH_H=cfg.seq_prefetch_h, CHUNKS_FIRST=cfg.seq_chunks_first,
             PREFETCH_BC=cfg.seq_prefetch_bc,
             LANE_SUMS=_lane_sums_apply(cfg, N, dim, G), BC_LANES=_bc_lanes_apply(cfg, N, dim, G),
+            WALK_UNROLL=cfg.seq_walk_unroll,
             **common, **_flags(dim, G, cfg.seq_block_d))
     else:
         grid = (nchunks, triton.cdiv(dim, cfg.bwd_block_d), batch)

@@ -15,12 +15,11 @@ TOL = {torch.float32: dict(rtol=6e-4, atol=2e-3), torch.float16: dict(rtol=3e-3,
        torch.bfloat16: dict(rtol=3e-2, atol=5e-2)}
 
 
-# the defaults of each backward mode, "seq" with the per-state channel sums and 32-step checkpoints, and
-# B/C rows shared by shuffles in every kernel, with register caps
+# the defaults of each backward mode; "seq" without any warp-level PTX (per-state channel sums, B and C
+# loaded whole by every lane) and 32-step checkpoints; and "seq" with register caps and a longer unroll
 GPU_CONFIGS = {"tile": dict(bwd_mode="tile"), "seq": dict(bwd_mode="seq"),
-               "seq_plain_sums_sub32": dict(bwd_mode="seq", lane_sums=False, sub=32),
-               "bc_lanes_capped": dict(bwd_mode="seq", bc_lanes=True, seq_bc_lanes=True, seq_maxnreg=168,
-                                       seq_programs_per_sm=12, bwd_chunk_maxnreg=128)}
+               "seq_plain_sub32": dict(bwd_mode="seq", lane_sums=False, bc_lanes=False, seq_bc_lanes=False, sub=32),
+               "seq_capped_unroll4": dict(bwd_mode="seq", seq_maxnreg=168, seq_programs_per_sm=12, seq_walk_unroll=4)}
 
 
 @pytest.fixture(params=list(GPU_CONFIGS))

@@ -304,7 +304,7 @@ def _chunk_end_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, seq_ptr, h0_ptr, he
 
 
 def _carry_kernel(P_ptr, e_ptr, init_ptr, out_ptr, last_ptr, nchunks, DN,
-                  BLOCK: tl.constexpr, HAS_INIT: tl.constexpr, REVERSE: tl.constexpr):
+                  BLOCK: tl.constexpr, HAS_INIT: tl.constexpr, REVERSE: tl.constexpr, STAGES: tl.constexpr):
     # s_{c} = P_c * s_{c-1} + e_c over chunks (or from the last chunk down with REVERSE);
     # out[c] receives the value entering chunk c, last the value after all chunks.
     pid = tl.program_id(0)
@@ -315,7 +315,9 @@ def _carry_kernel(P_ptr, e_ptr, init_ptr, out_ptr, last_ptr, nchunks, DN,
         s = tl.load(init_ptr + pid_b * DN + j, mask=m, other=0.0)
     else:
         s = tl.full((BLOCK,), 0.0, tl.float32)
-    for i in range(nchunks):
+    # each step waits on nothing but its own loads: pipelining them (STAGES in flight) is what makes the
+    # pass fast, since the chain itself is one FMA a chunk
+    for i in tl.range(0, nchunks, num_stages=STAGES):
         if REVERSE:
             c = nchunks - 1 - i
         else:
@@ -1021,9 +1023,9 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                         tl.atomic_add(gC_ptr + row + lane_state, gCl, mask=lane_first, sem="relaxed")
                     elif ONE_GROUP:
                         gBt, gCt = tl.reduce((mu * dtu[None, :], h * gy[None, :]), 1, _add_pair)  # (NP,) each
-                        bc = (pid_b * L + t) * (G * N) + g0 * N + n + (unit - 1)  # through `unit`: not vectorised
-                        tl.atomic_add(gB_ptr + bc, gBt, mask=nmask, sem="relaxed")
-                        tl.atomic_add(gC_ptr + bc, gCt, mask=nmask, sem="relaxed")
+                        row = (pid_b * L + t) * (G * N) + g0 * N + n + (unit - 1)  # through `unit`: not vectorised
+                        tl.atomic_add(gB_ptr + row, gBt, mask=nmask, sem="relaxed")
+                        tl.atomic_add(gC_ptr + row, gCt, mask=nmask, sem="relaxed")
                     else:
                         bc = (pid_b * L + t) * (G * N) + bc0
                         tl.atomic_add(gB_ptr + bc, mu * dtu[None, :], mask=m2, sem="relaxed")
@@ -1134,7 +1136,8 @@ class ScanConfig:
     applies where `_lane_sums` can (`_bc_lanes_apply`).
     bc_lanes: the same for the two forward passes and the backward recompute (`_bc_lanes_block_apply`).
     seq_walk_unroll: how many steps of the "seq" backward walk the compiler sees at once (more overlaps the
-    independent work of neighbouring steps, at the cost of registers)."""
+    independent work of neighbouring steps, at the cost of registers).
+    carry_stages: loads the chunk carry keeps in flight (Triton's loop pipelining; 1 turns it off)."""
 
     def __init__(self, chunk=None, sub=DEFAULT_SUB, block_d=DEFAULT_BLOCK_D, warps=DEFAULT_WARPS,
                  bwd_block_d=DEFAULT_BWD_BLOCK_D, bwd_warps=DEFAULT_BWD_WARPS, carry_block=DEFAULT_CARRY_BLOCK,
@@ -1143,7 +1146,7 @@ class ScanConfig:
                  seq_piece=DEFAULT_SEQ_PIECE, unit_add=True, lane_sums=DEFAULT_LANE_SUMS, fwd_maxnreg=None,
                  bwd_chunk_maxnreg="auto", seq_maxnreg=None, seq_prefetch_h=False,
                  seq_chunks_first=False, seq_prefetch_bc=True, seq_bc_lanes=DEFAULT_SEQ_BC_LANES,
-                 bc_lanes=DEFAULT_BC_LANES, seq_walk_unroll=2):
+                 bc_lanes=DEFAULT_BC_LANES, seq_walk_unroll=2, carry_stages=8):
         if chunk is not None and chunk % sub:
             raise ValueError(f"chunk {chunk} must be a multiple of sub {sub}")
         for name, v in (("sub", sub), ("block_d", block_d), ("bwd_block_d", bwd_block_d),
@@ -1175,7 +1178,7 @@ class ScanConfig:
         self.fwd_maxnreg, self.bwd_chunk_maxnreg, self.seq_maxnreg = fwd_maxnreg, bwd_chunk_maxnreg, seq_maxnreg
         self.seq_prefetch_h, self.seq_chunks_first = seq_prefetch_h, seq_chunks_first
         self.seq_prefetch_bc, self.seq_bc_lanes, self.bc_lanes = seq_prefetch_bc, seq_bc_lanes, bc_lanes
-        self.seq_walk_unroll = seq_walk_unroll
+        self.seq_walk_unroll, self.carry_stages = seq_walk_unroll, carry_stages
 
     def _fields(self):
         return dict(chunk=self.chunk, sub=self.sub, block_d=self.block_d, warps=self.warps,
@@ -1187,7 +1190,7 @@ class ScanConfig:
                     bwd_chunk_maxnreg=self.bwd_chunk_maxnreg, seq_maxnreg=self.seq_maxnreg,
                     seq_prefetch_h=self.seq_prefetch_h, seq_chunks_first=self.seq_chunks_first,
                     seq_prefetch_bc=self.seq_prefetch_bc, seq_bc_lanes=self.seq_bc_lanes, bc_lanes=self.bc_lanes,
-                    seq_walk_unroll=self.seq_walk_unroll)
+                    seq_walk_unroll=self.seq_walk_unroll, carry_stages=self.carry_stages)
 
     def resolve(self, batch: int, seqlen: int, dim: int) -> "ScanConfig":
         """A copy with `chunk` fixed. Auto: the largest power of two up to 1024 that still gives about
@@ -1271,7 +1274,7 @@ def _carry(P, e, init, reverse, cfg):
     grid = (triton.cdiv(DN, cfg.carry_block), batch)
     _kernel("_carry_kernel", P.device)[grid](
         P, e, init if init is not None else P, out, last, nchunks, DN,
-        BLOCK=cfg.carry_block, HAS_INIT=init is not None, REVERSE=reverse, num_warps=4)
+        BLOCK=cfg.carry_block, HAS_INIT=init is not None, REVERSE=reverse, STAGES=cfg.carry_stages, num_warps=4)
     return out, last
 
 

@@ -22,7 +22,7 @@ WANTED = "sizePerThread = [1, 1], threadsPerWarp = [1, 32], warpsPerCTA = [1, 1]
 def kernel_ttgir(name="_bwd_seq_kernel", **flags):
     constexprs, warps, _ = offline.BENCH_LAUNCHES[name]
     if name == "_bwd_seq_kernel":
-        flags = dict(LANE_SUMS=True, **flags)
+        flags = {"LANE_SUMS": True, **flags}
     try:
         kernel = offline.compile_sm90(name, dict(constexprs, **flags), warps)
     except Exception as e:  # a Triton without the compile API or the toolchain this test expects
@@ -50,15 +50,16 @@ PACKED = dict(OPTIONS, PACKED=True, HAS_H0=True, HAS_GFIN=True)
          PREFETCH_BC=False, CHUNKS_FIRST=True, BC_LANES=True),
     dict(PACKED, TWO_LEVEL=True, PREFETCH_H=False, BC_LANES=False),
     dict(PACKED, HAS_H0=False, TWO_LEVEL=False, PREFETCH_H=True, BC_LANES=True),
+    dict(PACKED, TWO_LEVEL=True, PREFETCH_H=False, BC_LANES=True, LANE_SUMS=False),
 ], ids=["all_options", "all_options_bc_lanes", "no_options_and_the_other_launch_options", "packed",
-        "packed_no_initial_state_bc_lanes"])
+        "packed_no_initial_state_bc_lanes", "packed_bc_lanes_plain_sums"])
 def test_lane_asm_operands_have_one_channel_per_lane(flags):
     """Packed batches included: their initial and final states are (N, D) tiles like every other state
     tile (`_states_nd`); read as (D, N) tiles, they gave some of these operands the layout
     sizePerThread [8, 1], threadsPerWarp [2, 16], and wrong dB/dC on the GPU."""
     layouts = asm_operand_layouts(kernel_ttgir(**flags))
     # dB and dC in each copy of the unrolled walk, and with BC_LANES the B and C rows of the walk and replays
-    assert len(layouts) >= 4 + 6 * flags["BC_LANES"]
+    assert len(layouts) >= 4 * flags.get("LANE_SUMS", True) + 6 * flags["BC_LANES"]
     assert all(lay == WANTED for lay in layouts), layouts
 
 

@@ -154,9 +154,8 @@ BWD_VARIANTS = [dict(bwd_mode="seq", seq_piece=16), dict(bwd_mode="seq", sub=32)
 
 
 # --variants: each changes one or two launch settings of the default configuration, at L=2^20
-VARIANTS = [dict(carry_stages=1), dict(carry_stages=4), dict(carry_stages=8, carry_block=128),
-            dict(seq_walk_unroll=4), dict(seq_bc_lanes=False), dict(bc_lanes=False), dict(bwd_chunk_maxnreg=168),
-            dict(bc_lanes=False, seq_bc_lanes=False, carry_stages=1)]
+VARIANTS = [dict(), dict(chunk=512), dict(chunk=2048), dict(block_d=64, warps=2), dict(block_d=256, warps=8),
+            dict(seq_piece=16), dict(seq_piece=4), dict(bwd_chunk_maxnreg=96), dict()]
 
 
 def check_float64(cfg):

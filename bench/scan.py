@@ -154,8 +154,11 @@ BWD_VARIANTS = [dict(bwd_mode="seq", seq_piece=16), dict(bwd_mode="seq", sub=32)
 
 
 # --variants: each changes one or two launch settings of the default configuration, at L=2^20
-VARIANTS = [dict(), dict(chunk=512), dict(chunk=2048), dict(block_d=64, warps=2), dict(block_d=256, warps=8),
-            dict(seq_piece=16), dict(seq_piece=4), dict(bwd_chunk_maxnreg=96), dict()]
+VARIANTS = [dict(seq_walk_unroll=1), dict(seq_chunks_first=True), dict(seq_prefetch_bc=False),
+            dict(seq_walk_unroll=1, seq_prefetch_bc=False),
+            dict(seq_walk_unroll=1, seq_prefetch_bc=False, seq_maxnreg=168, seq_programs_per_sm=12),
+            dict(seq_walk_unroll=1, seq_prefetch_bc=False, seq_maxnreg=200, seq_programs_per_sm=10),
+            dict(seq_walk_unroll=1, seq_maxnreg=200, seq_programs_per_sm=10), dict(bwd_chunk_maxnreg=144), dict()]
 
 
 def check_float64(cfg):

@@ -154,11 +154,8 @@ BWD_VARIANTS = [dict(bwd_mode="seq", seq_piece=16), dict(bwd_mode="seq", sub=32)
 
 
 # --variants: each changes one or two launch settings of the default configuration, at L=2^20
-VARIANTS = [dict(seq_walk_unroll=1), dict(seq_chunks_first=True), dict(seq_prefetch_bc=False),
-            dict(seq_walk_unroll=1, seq_prefetch_bc=False),
-            dict(seq_walk_unroll=1, seq_prefetch_bc=False, seq_maxnreg=168, seq_programs_per_sm=12),
-            dict(seq_walk_unroll=1, seq_prefetch_bc=False, seq_maxnreg=200, seq_programs_per_sm=10),
-            dict(seq_walk_unroll=1, seq_maxnreg=200, seq_programs_per_sm=10), dict(bwd_chunk_maxnreg=144), dict()]
+VARIANTS = [dict(seq_walk_unroll=2), dict(seq_walk_unroll=2, carry_stages=1),
+            dict(seq_walk_unroll=2, carry_stages=1, bc_lanes=False, seq_bc_lanes=False)]
 
 
 def check_float64(cfg):

@@ -69,6 +69,7 @@ DEFAULT_SEQ_PIECE = 8
 DEFAULT_LANE_SUMS = True
 DEFAULT_SEQ_BC_LANES = True
 DEFAULT_BC_LANES = True
+DEFAULT_SEQ_WALK_UNROLL = 1
 # Register caps for `_bwd_chunk_kernel` ("auto"): 168 lets three 4-warp programs share an SM instead of two;
 # with B and C loaded one value a lane (bc_lanes) the kernel needs fewer registers and 128 fits four
 BWD_CHUNK_MAXNREG = 168
@@ -1146,7 +1147,7 @@ class ScanConfig:
                  seq_piece=DEFAULT_SEQ_PIECE, unit_add=True, lane_sums=DEFAULT_LANE_SUMS, fwd_maxnreg=None,
                  bwd_chunk_maxnreg="auto", seq_maxnreg=None, seq_prefetch_h=False,
                  seq_chunks_first=False, seq_prefetch_bc=True, seq_bc_lanes=DEFAULT_SEQ_BC_LANES,
-                 bc_lanes=DEFAULT_BC_LANES, seq_walk_unroll=2, carry_stages=8):
+                 bc_lanes=DEFAULT_BC_LANES, seq_walk_unroll=DEFAULT_SEQ_WALK_UNROLL, carry_stages=8):
         if chunk is not None and chunk % sub:
             raise ValueError(f"chunk {chunk} must be a multiple of sub {sub}")
         for name, v in (("sub", sub), ("block_d", block_d), ("bwd_block_d", bwd_block_d),

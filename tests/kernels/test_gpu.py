@@ -16,10 +16,12 @@ TOL = {torch.float32: dict(rtol=6e-4, atol=2e-3), torch.float16: dict(rtol=3e-3,
 
 
 # the defaults of each backward mode; "seq" without any warp-level PTX (per-state channel sums, B and C
-# loaded whole by every lane) and 32-step checkpoints; and "seq" with register caps and a longer unroll
+# loaded whole by every lane) and 32-step checkpoints; and "seq" with a register cap, B/C loaded at the step
+# and the walk unrolled by two
 GPU_CONFIGS = {"tile": dict(bwd_mode="tile"), "seq": dict(bwd_mode="seq"),
                "seq_plain_sub32": dict(bwd_mode="seq", lane_sums=False, bc_lanes=False, seq_bc_lanes=False, sub=32),
-               "seq_capped_unroll4": dict(bwd_mode="seq", seq_maxnreg=168, seq_programs_per_sm=12, seq_walk_unroll=4)}
+               "seq_capped_unroll2": dict(bwd_mode="seq", seq_maxnreg=168, seq_programs_per_sm=12,
+                                          seq_prefetch_bc=False, seq_walk_unroll=2)}
 
 
 @pytest.fixture(params=list(GPU_CONFIGS))

@@ -35,9 +35,12 @@ Backward, four launches, nothing of shape (batch, seqlen, dim, dstate):
      (`_lane_sums`), and added atomically (one add per state from each channel block); the partial
      sums are as in "tile".
 
+Every kernel but the tile one reads the B and C row of a step one value a lane and shares it across the
+warp with shuffles (`_lane_broadcast`), so rows loaded ahead cost one register a lane instead of 16.
+
 Packed sequences (`cu_seqlens`) use a per-step sequence index: at a sequence start the state is
-replaced by that sequence's initial state (or zeros) and a chunk containing a start passes no state
-across it (its total decay is 0). All offsets that scale with seqlen are int64.
+replaced by that sequence's initial state (or zeros), read only there, and a chunk containing a start
+passes no state across it (its total decay is 0). All offsets that scale with seqlen are int64.
 """
 from __future__ import annotations
 

@@ -195,10 +195,10 @@ _LANE_BROADCAST_PTX = tl.constexpr(_lane_broadcast_ptx())
 def _lane_broadcast(v):
     # v: (BD,) fp32, one value a lane, BD a multiple of 32 with warps along channels. Returns (16, BD) in the
     # layout of `_lane_sums` (each lane one channel's 16 states in order) with element (i, j) = v[32 w + i],
-    # w the warp of channel j: the shuffles stay inside each warp. A row of 16 values (B or C at one step) that every lane needs thus takes one register a
-    # lane while it is in flight instead of 16. The asm reads row 0 of its operand; the other rows are zeros
-    # rather than copies because the compiler would move an elementwise op on a broadcast tensor before the
-    # broadcast, where the asm would see one value a lane instead of 16.
+    # w the warp of channel j: the shuffles stay inside each warp. A row of 16 values (B or C at one step) that
+    # every lane needs thus takes one register a lane while it is in flight instead of 16. The asm reads row 0 of
+    # its operand; the other rows are zeros rather than copies because the compiler would move an elementwise op
+    # on a broadcast tensor before the broadcast, where the asm would see one value a lane instead of 16.
     i = tl.arange(0, 16)
     x = tl.where(i[:, None] == 0, v[None, :], 0.0)  # (16, BD)
     return tl.inline_asm_elementwise(_LANE_BROADCAST_PTX, _LANE_SUMS_CONSTRAINTS, [x], dtype=tl.float32,
@@ -1165,8 +1165,14 @@ class ScanConfig:
             raise ValueError(f"seq_programs_per_sm must be at least 1, got {seq_programs_per_sm}")
         for name, v in (("fwd_maxnreg", fwd_maxnreg), ("bwd_chunk_maxnreg", bwd_chunk_maxnreg),
                         ("seq_maxnreg", seq_maxnreg)):
-            if v is not None and not (name == "bwd_chunk_maxnreg" and v == "auto") and not 24 <= v <= 255:
-                raise ValueError(f"{name} must be None or a register count from 24 to 255, got {v}")
+            if v is None or (name == "bwd_chunk_maxnreg" and v == "auto"):
+                continue
+            if isinstance(v, bool) or not isinstance(v, int) or not 24 <= v <= 255:
+                allowed = 'None, "auto"' if name == "bwd_chunk_maxnreg" else "None"
+                raise ValueError(f"{name} must be {allowed} or a register count from 24 to 255, got {v!r}")
+        if seq_walk_unroll < 1 or carry_stages < 1:
+            raise ValueError(f"seq_walk_unroll and carry_stages must be at least 1, got {seq_walk_unroll} and "
+                             f"{carry_stages}")
         self.chunk, self.sub, self.block_d, self.warps = chunk, sub, block_d, warps
         self.bwd_block_d, self.bwd_warps, self.carry_block = bwd_block_d, bwd_warps, carry_block
         # True: Triton's reverse=True scan. False: flip, forward scan, flip back, kept as a fallback

@@ -222,6 +222,13 @@ def test_config_rejects_bad_backward_settings():
         ScanConfig(sub=32, seq_piece=64)
     with pytest.raises(ValueError, match="seq_piece"):
         ScanConfig(seq_piece=6)
+    with pytest.raises(ValueError, match="bwd_chunk_maxnreg"):
+        ScanConfig(bwd_chunk_maxnreg="many")
+    with pytest.raises(ValueError, match="seq_maxnreg"):
+        ScanConfig(seq_maxnreg="auto")  # "auto" is for the bwd chunk kernel only
+    with pytest.raises(ValueError, match="carry_stages"):
+        ScanConfig(carry_stages=0)
+    assert ScanConfig(bwd_chunk_maxnreg=128).bwd_chunk_maxnreg == 128
 
 
 def run_warp_ptx(ptx, values):

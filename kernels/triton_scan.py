@@ -214,9 +214,35 @@ def _lane_broadcast_reference(v):
 
 
 _lane_broadcast = JITFunction(_lane_broadcast)
+
+
+def _state_row(x, BC_LANES, ONE_GROUP):
+    # B or C at one step, as the factor the (N, block_d) state tiles are multiplied by: shared across the warp
+    # from one value a lane (BC_LANES), one (N,) row for the whole block (ONE_GROUP, as (N, 1)), or an (N, block_d)
+    # tile when the block's channels span groups
+    if BC_LANES:
+        row = _lane_broadcast(x)
+    elif ONE_GROUP:
+        row = x.to(tl.float32)[:, None]
+    else:
+        row = x.to(tl.float32)
+    return row
+
+
 _INTERPRETER_HELPERS = {"_softplus": _softplus_interpreted, "_sigmoid": _sigmoid_interpreted,
                         "_lane_sums": _lane_sums_reference, "_lane_broadcast": _lane_broadcast_reference,
                         "_sequence_start_state": _INTERPRETED_START_STATE}
+
+
+def _with_interpreter_helpers(fn):
+    """`fn` with the helper names bound to `_INTERPRETER_HELPERS`, for the interpreter: it runs kernel code as
+    Python and cannot call a JITFunction from it."""
+    return types.FunctionType(fn.__code__, {**fn.__globals__, **_INTERPRETER_HELPERS}, fn.__name__, fn.__defaults__,
+                              fn.__closure__)
+
+
+_INTERPRETER_HELPERS["_state_row"] = _with_interpreter_helpers(_state_row)
+_state_row = JITFunction(_state_row)
 
 
 def _chunk_end_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, seq_ptr, h0_ptr, hend_ptr, P_ptr,
@@ -281,12 +307,7 @@ def _chunk_end_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, seq_ptr, h0_ptr, he
         if SOFTPLUS:
             dt = _softplus(dt)
         u = u_a.to(tl.float32)
-        if BC_LANES:
-            Bt = _lane_broadcast(B_a)
-        elif ONE_GROUP:
-            Bt = B_a.to(tl.float32)[:, None]
-        else:
-            Bt = B_a.to(tl.float32)
+        Bt = _state_row(B_a, BC_LANES, ONE_GROUP)
         if PACKED:
             s = tl.load(seq_ptr + t)
             s_prev = tl.where(t > 0, tl.load(seq_ptr + tl.maximum(t - 1, 0)), -1)
@@ -405,15 +426,8 @@ def _chunk_out_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
         if SOFTPLUS:
             dt = _softplus(dt)
         u = u_a.to(tl.float32)
-        if BC_LANES:
-            Bt = _lane_broadcast(B_a)
-            Ct = _lane_broadcast(C_a)
-        elif ONE_GROUP:
-            Bt = B_a.to(tl.float32)[:, None]
-            Ct = C_a.to(tl.float32)[:, None]
-        else:
-            Bt = B_a.to(tl.float32)
-            Ct = C_a.to(tl.float32)
+        Bt = _state_row(B_a, BC_LANES, ONE_GROUP)
+        Ct = _state_row(C_a, BC_LANES, ONE_GROUP)
         if PACKED:
             s = tl.load(seq_ptr + t)
             s_prev = tl.where(t > 0, tl.load(seq_ptr + tl.maximum(t - 1, 0)), -1)
@@ -529,15 +543,8 @@ def _bwd_chunk_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, z_ptr, bias_ptr, gout_
         if HAS_Z:
             zt = z_a.to(tl.float32)
             gy = gy * zt * _sigmoid(zt)
-        if BC_LANES:
-            Bt = _lane_broadcast(B_a)
-            Ct = _lane_broadcast(C_a)
-        elif ONE_GROUP:
-            Bt = B_a.to(tl.float32)[:, None]
-            Ct = C_a.to(tl.float32)[:, None]
-        else:
-            Bt = B_a.to(tl.float32)
-            Ct = C_a.to(tl.float32)
+        Bt = _state_row(B_a, BC_LANES, ONE_GROUP)
+        Ct = _state_row(C_a, BC_LANES, ONE_GROUP)
         if PACKED:
             s = tl.load(seq_ptr + t)
             s_prev = tl.where(t > 0, tl.load(seq_ptr + tl.maximum(t - 1, 0)), -1)
@@ -842,12 +849,7 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                         dt += bias
                     if SOFTPLUS:
                         dt = _softplus(dt)
-                    if BC_LANES:
-                        Bt = _lane_broadcast(B_a)
-                    elif ONE_GROUP:
-                        Bt = B_a.to(tl.float32)[:, None]
-                    else:
-                        Bt = B_a.to(tl.float32)
+                    Bt = _state_row(B_a, BC_LANES, ONE_GROUP)
                     if PACKED:
                         s = tl.load(seq_ptr + t)
                         s_prev = tl.where(t > 0, tl.load(seq_ptr + tl.maximum(t - 1, 0)), -1)
@@ -894,12 +896,7 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                         dt += bias
                     if SOFTPLUS:
                         dt = _softplus(dt)
-                    if BC_LANES:
-                        Bt = _lane_broadcast(B_a)
-                    elif ONE_GROUP:
-                        Bt = B_a.to(tl.float32)[:, None]
-                    else:
-                        Bt = B_a.to(tl.float32)
+                    Bt = _state_row(B_a, BC_LANES, ONE_GROUP)
                     if PACKED:
                         s = tl.load(seq_ptr + t)
                         s_prev = tl.where(t > 0, tl.load(seq_ptr + tl.maximum(t - 1, 0)), -1)
@@ -980,15 +977,8 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
                         gy = go * zz * sig
                     else:
                         gy = go
-                    if BC_LANES:
-                        Bt = _lane_broadcast(B_a)
-                        Ct = _lane_broadcast(C_a)
-                    elif ONE_GROUP:
-                        Bt = B_a.to(tl.float32)[:, None]
-                        Ct = C_a.to(tl.float32)[:, None]
-                    else:
-                        Bt = B_a.to(tl.float32)
-                        Ct = C_a.to(tl.float32)
+                    Bt = _state_row(B_a, BC_LANES, ONE_GROUP)
+                    Ct = _state_row(C_a, BC_LANES, ONE_GROUP)
                     dtu = dt * u
                     hx = h - dtu[None, :] * Bt  # a_t h_{t-1}: the decayed previous state (a_t h0 at a sequence start)
                     c = Ct * gy[None, :]
@@ -1098,11 +1088,7 @@ def _kernel(name: str, device: torch.device):
     if name not in _INTERPRETED:
         from triton.runtime.interpreter import InterpretedFunction
 
-        raw = _RAW[name]
-        # the same code with the interpreter's helpers bound to the helper names
-        fn = types.FunctionType(raw.__code__, {**raw.__globals__, **_INTERPRETER_HELPERS}, raw.__name__,
-                                raw.__defaults__, raw.__closure__)
-        _INTERPRETED[name] = InterpretedFunction(fn)
+        _INTERPRETED[name] = InterpretedFunction(_with_interpreter_helpers(_RAW[name]))
     return _INTERPRETED[name]
 
 

@@ -134,10 +134,6 @@ def _sequence_start_state(h0_ptr, s, n, dl, m2, D, N, HAS_H0):
     return h
 
 
-_INTERPRETED_START_STATE = _sequence_start_state
-_sequence_start_state = JITFunction(_sequence_start_state)
-
-
 def _lane_sums_ptx() -> str:
     """PTX for `_lane_sums`: a reduce-scatter over the 32 lanes of a warp. Each lane brings 16 values
     (one channel's states) and keeps half of what it holds at each of four butterfly steps, so 15
@@ -179,9 +175,6 @@ def _lane_sums_reference(x):
     return tl.broadcast_to(row[None, :], (16, 32))
 
 
-_lane_sums = JITFunction(_lane_sums)
-
-
 def _lane_broadcast_ptx() -> str:
     """PTX for `_lane_broadcast`: lane j's output j' is lane j''s value, for j' = 0..15 (16 shuffles)."""
     lines = ["{", ".reg .b32 v;", "mov.b32 v, $16;"]
@@ -213,9 +206,6 @@ def _lane_broadcast_reference(v):
     return tl.broadcast_to(row[:, None], (16, v.shape[0]))
 
 
-_lane_broadcast = JITFunction(_lane_broadcast)
-
-
 def _state_row(x, BC_LANES, ONE_GROUP):
     # B or C at one step, as the factor the (N, block_d) state tiles are multiplied by: shared across the warp
     # from one value a lane (BC_LANES), one (N,) row for the whole block (ONE_GROUP, as (N, 1)), or an (N, block_d)
@@ -229,9 +219,31 @@ def _state_row(x, BC_LANES, ONE_GROUP):
     return row
 
 
+def _state_row_offsets(pid_d, d, n, m2, dpg, N, BD, BC_LANES, ONE_GROUP):
+    # offsets of a step's B or C row inside one (ngroups * N) row of the (batch, seqlen, ngroups, N) tensor, and
+    # their mask, in the shape `_state_row` takes: with BC_LANES lane j loads state j % 16 (rows loaded ahead
+    # then take one register a lane), with ONE_GROUP the block's one (N,) row, else an (N, block_d) tile
+    if BC_LANES:
+        bc0 = ((pid_d * BD) // dpg) * N + tl.arange(0, BD) % N  # (BD,)
+        bmask = tl.arange(0, BD) < BD
+    elif ONE_GROUP:
+        bc0 = ((pid_d * BD) // dpg) * N + n  # (NP,)
+        bmask = n < N
+    else:
+        bc0 = (d[None, :] // dpg) * N + n[:, None]  # (NP, BD)
+        bmask = m2
+    return bc0, bmask
+
+
+_sequence_start_state = JITFunction(_sequence_start_state)
+_lane_sums = JITFunction(_lane_sums)
+_lane_broadcast = JITFunction(_lane_broadcast)
+_state_row = JITFunction(_state_row)
+_state_row_offsets = JITFunction(_state_row_offsets)
 _INTERPRETER_HELPERS = {"_softplus": _softplus_interpreted, "_sigmoid": _sigmoid_interpreted,
                         "_lane_sums": _lane_sums_reference, "_lane_broadcast": _lane_broadcast_reference,
-                        "_sequence_start_state": _INTERPRETED_START_STATE}
+                        "_sequence_start_state": _sequence_start_state.fn,
+                        "_state_row_offsets": _state_row_offsets.fn}
 
 
 def _with_interpreter_helpers(fn):
@@ -241,8 +253,8 @@ def _with_interpreter_helpers(fn):
                               fn.__closure__)
 
 
-_INTERPRETER_HELPERS["_state_row"] = _with_interpreter_helpers(_state_row)
-_state_row = JITFunction(_state_row)
+# `_state_row` calls `_lane_broadcast`, so its interpreted twin needs the interpreter's bindings too
+_INTERPRETER_HELPERS["_state_row"] = _with_interpreter_helpers(_state_row.fn)
 
 
 def _chunk_end_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, seq_ptr, h0_ptr, hend_ptr, P_ptr,
@@ -267,15 +279,7 @@ def _chunk_end_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, seq_ptr, h0_ptr, he
     dpg = D // G
     t0 = pid_c * CHUNK
     t1 = tl.minimum(t0 + CHUNK, L)
-    if BC_LANES:
-        bc0 = ((pid_d * BD) // dpg) * N + tl.arange(0, BD) % N  # (BD,): lane j loads state j % 16
-        bmask = tl.arange(0, BD) < BD
-    elif ONE_GROUP:
-        bc0 = ((pid_d * BD) // dpg) * N + n  # (NP,)
-        bmask = n < N
-    else:
-        bc0 = (d[None, :] // dpg) * N + n[:, None]  # (NP, BD)
-        bmask = m2
+    bc0, bmask = _state_row_offsets(pid_d, d, n, m2, dpg, N, BD, BC_LANES, ONE_GROUP)
     h = tl.full((NP, BD), 0.0, tl.float32)
     dt_sum = tl.full((BD,), 0.0, tl.float32)
     keep = tl.full((BD,), 1.0, tl.float32)
@@ -380,15 +384,7 @@ def _chunk_out_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
     dpg = D // G
     t0 = pid_c * CHUNK
     t1 = tl.minimum(t0 + CHUNK, L)
-    if BC_LANES:
-        bc0 = ((pid_d * BD) // dpg) * N + tl.arange(0, BD) % N  # (BD,): lane j loads state j % 16
-        bmask = tl.arange(0, BD) < BD
-    elif ONE_GROUP:
-        bc0 = ((pid_d * BD) // dpg) * N + n
-        bmask = nmask
-    else:
-        bc0 = (d[None, :] // dpg) * N + n[:, None]
-        bmask = m2
+    bc0, bmask = _state_row_offsets(pid_d, d, n, m2, dpg, N, BD, BC_LANES, ONE_GROUP)
     st = (pid_b * nchunks + pid_c) * N * D + n[:, None] * D + dl[None, :]
     h = tl.load(hstart_ptr + st, mask=m2, other=0.0)  # (NP, BD): the true state entering this chunk
     # the same two-step software pipeline as in _chunk_end_kernel
@@ -484,15 +480,7 @@ def _bwd_chunk_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, z_ptr, bias_ptr, gout_
     dpg = D // G
     t0 = pid_c * CHUNK
     t1 = tl.minimum(t0 + CHUNK, L)
-    if BC_LANES:
-        bc0 = ((pid_d * BD) // dpg) * N + tl.arange(0, BD) % N  # (BD,): lane j loads state j % 16
-        bmask = tl.arange(0, BD) < BD
-    elif ONE_GROUP:
-        bc0 = ((pid_d * BD) // dpg) * N + n
-        bmask = nmask
-    else:
-        bc0 = (d[None, :] // dpg) * N + n[:, None]
-        bmask = m2
+    bc0, bmask = _state_row_offsets(pid_d, d, n, m2, dpg, N, BD, BC_LANES, ONE_GROUP)
     tile = n[:, None] * D + dl[None, :]  # (NP, BD) offsets inside one (N, D) state slab
     st = (pid_b * nchunks + pid_c) * N * D
     h = tl.load(hstart_ptr + st + tile, mask=m2, other=0.0)
@@ -766,10 +754,6 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
         lane = tl.arange(0, BD)
         lane_state = ((lane & 1) << 3) | ((lane & 2) << 1) | ((lane & 4) >> 1) | ((lane & 8) >> 3)  # (BD,)
         lane_first = lane < 16  # lanes 16-31 hold the same sums again
-    if BC_LANES:
-        # lane j loads state j % 16 of each B and C row, and `_lane_broadcast` gives every lane the whole row
-        # at the step: the rows in flight take one register each instead of 16
-        bc_lane = tl.arange(0, BD) % N  # (BD,)
     dpg = D // G
     for w in range(pid, nwork, nprog):
         if CHUNKS_FIRST:
@@ -793,17 +777,8 @@ def _bwd_seq_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, 
             bias = tl.load(bias_ptr + d, mask=dmask, other=0.0)
         if HAS_D:
             Dv = tl.load(D_ptr + d, mask=dmask, other=0.0)
-        if BC_LANES:
-            g0 = (pid_d * BD) // dpg
-            bc0 = g0 * N + bc_lane  # (BD,)
-            bmask = bc_lane < N
-        elif ONE_GROUP:
-            g0 = (pid_d * BD) // dpg
-            bc0 = g0 * N + n  # (NP,)
-            bmask = nmask
-        else:
-            bc0 = (d[None, :] // dpg) * N + n[:, None]  # (NP, BD)
-            bmask = m2
+        g0 = (pid_d * BD) // dpg  # the block's group, where the block lies inside one (ONE_GROUP)
+        bc0, bmask = _state_row_offsets(pid_d, d, n, m2, dpg, N, BD, BC_LANES, ONE_GROUP)
         t0 = pid_c * CHUNK
         t1 = tl.minimum(t0 + CHUNK, L)
         st = (pid_b * nchunks + pid_c) * N * D

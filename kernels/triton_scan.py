@@ -1089,9 +1089,8 @@ class ScanConfig:
     (`_lane_sums`) instead of a butterfly per state; see `_lane_sums_apply` for when it applies.
     fwd_maxnreg / bwd_chunk_maxnreg / seq_maxnreg: a register cap per thread for the two forward passes, the
     backward recompute and the "seq" kernel (None: the compiler's choice; bwd_chunk_maxnreg="auto": 128 where
-    bc_lanes applies, else 168). Registers decide how many programs
-    fit on an SM, so a lower cap trades spills for occupancy; with "seq", set seq_programs_per_sm to what
-    fits (65536 / (32 * seq_warps * cap)).
+    bc_lanes applies, else 168). Registers decide how many programs fit on an SM, so a lower cap trades spills
+    for occupancy; with "seq", set seq_programs_per_sm to what fits (65536 / (32 * seq_warps * cap)).
     seq_prefetch_h: in the "seq" backward walk, load each step's state from the scratch slot one step ahead.
     seq_chunks_first: hand out "seq" work items chunk-first rather than channel-block-first.
     seq_prefetch_bc: in the backward walk, load B and C two steps ahead like the other inputs (False: at the
@@ -1207,7 +1206,7 @@ def _bc_lanes_apply(cfg, N, D, G) -> bool:
 
 def _bc_lanes_block_apply(cfg, N, D, G) -> bool:
     """Whether the forward passes and `_bwd_chunk_kernel` use `_lane_broadcast`: 16 states, 32 channels a warp
-    (block_d = 32 warps), the `unit_add` layout and each channel block inside one group."""
+    (block_d = 32 × warps), the `unit_add` layout and each channel block inside one group."""
     return (cfg.bc_lanes and N == 16 and cfg.block_d == 32 * cfg.warps and cfg.unit_add
             and _flags(D, G, cfg.block_d)["ONE_GROUP"])
 

@@ -99,8 +99,9 @@ def test_int64_offsets_past_2_31_elements(scan):
 
 @pytest.mark.parametrize("opts", [dict(), dict(use_D=False, use_z=False, use_bias=False, softplus=False, use_h0=False)],
                          ids=["all_options", "no_options"])
-@pytest.mark.parametrize("cfg", [dict(lane_sums=True), dict(lane_sums=True, seq_prefetch_h=True, seq_maxnreg=200,
-                                                              seq_programs_per_sm=10, seq_prefetch_bc=False),
+@pytest.mark.parametrize("cfg", [dict(lane_sums=True, bc_lanes=False, seq_bc_lanes=False),
+                                 dict(lane_sums=True, seq_prefetch_h=True, seq_maxnreg=200, seq_programs_per_sm=10,
+                                      seq_prefetch_bc=False),
                                  dict(lane_sums=True, bc_lanes=True, seq_bc_lanes=True)],
                          ids=["lane_sums", "prefetch", "bc_lanes"])
 def test_gpu_lane_sums_match_reference(opts, cfg):

@@ -1,8 +1,8 @@
 """The layout `_lane_sums` and `_lane_broadcast` need, checked in the compiler's own output (no GPU needed).
 
 The PTX in both takes each lane's 16 register values to be one channel's 16 states in order. That
-holds when the compiler gives the (dstate, channels) tiles of `_bwd_seq_kernel` the layout
-sizePerThread [1, 1], threadsPerWarp [1, 32], order [1, 0]. These tests compile the kernel for sm_90 with
+holds when the compiler gives the (dstate, channels) tiles the layout sizePerThread [1, 1], threadsPerWarp
+[1, 32], order [1, 0] (warps side by side along channels). These tests compile the kernels for sm_90 with
 the installed Triton and read the layout of every inline-assembly operand from the TTGIR.
 """
 from __future__ import annotations

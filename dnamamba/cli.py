@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
+
+from dnamamba.errors import InputError
+from dnamamba.signals import Interrupted, raise_on_stop_signals
 
 COMMANDS = {
     "pretrain": ("dnamamba.pipelines.pretrain", "train a causal LM on a FASTA and export it"),
@@ -60,33 +64,82 @@ def leave_a_core_free() -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) - 1))
 
 
-def override_problem(command: str, overrides: list[str]) -> str | None:
-    """Compose the command's config with the overrides; a misspelt key, an unknown group option or a
-    malformed override comes back as one line (Hydra itself prints several and a hint about
-    HYDRA_FULL_ERROR)."""
-    from hydra import compose, initialize, initialize_config_module
+def compose_command(command: str, overrides: list[str]):
+    """The command's config composed with the overrides, as Hydra will run it.
+
+    A misspelt key, an unknown group option or a malformed override is an InputError of one line
+    (Hydra itself prints several, a hint about HYDRA_FULL_ERROR, and for a misspelt key a `+key` hint
+    that only leads into the next error).
+    """
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return _compose(command, overrides)
+    except (HydraException, OmegaConfBaseException) as e:
+        lines = []
+        for line in str(e).splitlines():
+            if line.startswith(("Config search path", "See https", "To append to your config")):
+                break  # what follows is for Hydra developers, or the `+key` hint
+            if line.strip():
+                lines.append(line.strip())
+        problem = " ".join(lines)
+        missing = re.match(r"Could not override '([^']+)'", problem)
+        if missing:
+            key = missing.group(1)
+            problem = f"Could not override '{key}': no such setting{_closest_key(command, overrides, key)}"
+        raise InputError(command, problem) from None
+
+
+def _compose(command: str, overrides: list[str]):
+    from hydra import compose, initialize, initialize_config_module
 
     name, package = CONFIGS[command]
     context = (initialize(version_base="1.3", config_path=None) if package is None
                else initialize_config_module(config_module=package, version_base="1.3"))
+    with context:
+        return compose(config_name=name, overrides=overrides, return_hydra_config=True)
+
+
+def _closest_key(command: str, overrides: list[str], key: str) -> str:
+    """' (did you mean KEY?)' for the setting closest to `key`, among those of the config composed
+    with the other overrides (they may choose groups with other keys)."""
+    from omegaconf import OmegaConf
+
+    from dnamamba.settings import did_you_mean
+
+    others = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
     try:
-        with context:
-            compose(config_name=name, overrides=overrides, return_hydra_config=True)
-    except (HydraException, OmegaConfBaseException) as e:
-        lines = []
-        for line in str(e).splitlines():
-            if line.startswith(("Config search path", "See https")):
-                break  # what follows is for Hydra developers, not for the user's typo
-            if line.strip():
-                lines.append(line.strip())
-        return " ".join(lines)
-    return None
+        cfg = _compose(command, others)
+    except Exception:  # another mistake among the overrides: suggest from the defaults
+        cfg = _compose(command, [])
+    tree = OmegaConf.to_container(cfg, resolve=False)
+    tree.pop("hydra", None)
+    return did_you_mean(key, _dotted_keys(tree))
+
+
+def _dotted_keys(tree: dict, prefix: str = ""):
+    for k, v in tree.items():
+        yield f"{prefix}{k}"
+        if isinstance(v, dict):
+            yield from _dotted_keys(v, f"{prefix}{k}.")
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Run a command; every failure the user can fix is one line on stderr, and a stop signal (Ctrl-C,
+    SIGTERM) is one line too, with exit status 128 + the signal number."""
+    raise_on_stop_signals()
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    except Interrupted as e:
+        print(f"dnamamba: interrupted by {e.name}{e.note}", file=sys.stderr)
+        return e.exit_status
+    except InputError as e:
+        print(f"dnamamba: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
@@ -102,10 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     leave_a_core_free()
     module = importlib.import_module(COMMANDS[command][0])
     if not any(arg.startswith("-") for arg in overrides):  # Hydra's own flags (--help, --cfg) pass through
-        problem = override_problem(command, overrides)
-        if problem is not None:
-            print(f"dnamamba: error: {command}: {problem}", file=sys.stderr)
-            return 2
+        cfg = compose_command(command, overrides)
+        # Checked before Hydra starts the run: it creates the run folder, .hydra/ and a log file first.
+        check = getattr(module, "check", None)
+        if check is not None:
+            check(cfg)
     # Hydra reads its overrides from sys.argv; the program name shows in its --help.
     sys.argv = [f"dnamamba {command}", *overrides]
     module.main()

@@ -23,12 +23,21 @@ class InputError(Exception):
 
 
 def require_file(path: str | os.PathLike, what: str = "file") -> str:
-    """Return `path` as a string, or raise InputError when it is not an existing regular file."""
+    """Return `path` as a string, or raise InputError when it is not an existing, readable regular file.
+
+    Readability is tested by opening the file, not with os.access: that answers for the process as it
+    runs (root without CAP_DAC_OVERRIDE, ACLs, read-only mounts) and gives the system's own reason.
+    """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise InputError(path, f"{what} not found")
     if not os.path.isfile(path):
         raise InputError(path, f"{what} is not a regular file")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise InputError(path, f"{what} cannot be read: {e.strerror or e}") from None
     return path
 
 

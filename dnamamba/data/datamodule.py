@@ -24,6 +24,7 @@ from dnamamba.data.windows import (SOFT_MASK_MODES, Window, WindowDataset, filte
                                    record_regions, split_at, split_by_fraction, split_by_records,
                                    tile_all)
 from dnamamba.errors import InputError
+from dnamamba.settings import SETTINGS
 
 
 @dataclass
@@ -60,9 +61,9 @@ class DataConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        """InputError (naming the `data.` key) for values that cannot work."""
+        """ValueError("key=value: why") for values that cannot work."""
         def bad(key: str, why: str):
-            return InputError(None, f"data.{key}={getattr(self, key)!r}: {why}")
+            return ValueError(f"{key}={getattr(self, key)!r}: {why}")
 
         if self.seq_len < 1:
             raise bad("seq_len", "must be a positive number of bases")
@@ -93,7 +94,7 @@ def _announce(line: str) -> None:
     print(line, file=sys.stderr)
 
 
-def _names(value) -> list[str] | None:
+def record_names(value) -> list[str] | None:
     # Hydra reads `data.records=[20]` as the integer 20 and a single name as a bare string.
     if value is None:
         return None
@@ -113,16 +114,19 @@ class FastaDataModule(pl.LightningDataModule):
                  num_workers: int = 0, cache_dir: str | None = None, seed: int = 0):
         super().__init__()
         self.config = DataConfig(
-            fasta=None if fasta is None else os.fspath(fasta), records=_names(records),
+            fasta=None if fasta is None else os.fspath(fasta), records=record_names(records),
             bed=None if bed is None else os.fspath(bed), seq_len=int(seq_len),
-            stride=None if stride is None else int(stride), val_records=_names(val_records),
+            stride=None if stride is None else int(stride), val_records=record_names(val_records),
             val_fraction=float(val_fraction), val_bases=None if val_bases is None else int(val_bases),
             max_n_fraction=float(max_n_fraction),
             rc_prob=float(rc_prob), soft_mask=str(soft_mask), soft_mask_weight=float(soft_mask_weight),
             batch_size=int(batch_size), val_batch_size=None if val_batch_size is None else int(val_batch_size),
             num_workers=int(num_workers), cache_dir=None if cache_dir is None else os.fspath(cache_dir),
             seed=int(seed))
-        self.config.validate()
+        try:
+            self.config.validate()
+        except ValueError as e:
+            raise InputError(SETTINGS, f"data.{e}") from None
         self.save_hyperparameters(asdict(self.config))
         self.fasta_path = self.config.fasta if self.config.fasta is not None else demo_genome_path()
         self.summary = ""

@@ -3,55 +3,30 @@ the progress bar."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import sys
 from typing import Any, TypeVar
 
 import torch
-from omegaconf import MISSING, DictConfig, OmegaConf
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
 from ..errors import InputError
+from ..io import check_writable  # noqa: F401  (the inference commands import it from here)
+from ..settings import SETTINGS, build
 
 C = TypeVar("C")
 
-# Errors in the settings themselves (not in a file) are reported against this name.
-SETTINGS = "settings"
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 
 
 def config_from(cls: type[C], cfg: Any) -> C:
-    """Build the dataclass `cls` from a Hydra config or a plain dict.
-
-    An unknown key (a misspelt override), a required key left at `???` or a value of the wrong type
-    becomes an InputError that names the setting, so it prints as one line.
-    """
-    if isinstance(cfg, cls):
-        return cfg
-    data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise InputError(SETTINGS, f"unknown setting(s) {', '.join(unknown)}; known settings: {', '.join(names)}")
-    missing = [k for k in names if data.get(k, _default(cls, k)) == MISSING]
-    if missing:
-        raise InputError(SETTINGS, "missing required setting(s): " + ", ".join(f"{k}=..." for k in missing))
-    try:
-        # Merging into the structured schema checks and converts types ("64" -> 64, "true" -> True).
-        merged = OmegaConf.merge(OmegaConf.structured(cls), data)
-        return OmegaConf.to_object(merged)
-    except Exception as e:  # omegaconf's ValidationError and friends
-        key = getattr(e, "full_key", None)
-        raise InputError(SETTINGS, f"bad setting{f' {key}' if key else ''}: {str(e).splitlines()[0]}") from None
-
-
-def _default(cls, name: str):
-    field = {f.name: f for f in dataclasses.fields(cls)}[name]
-    return field.default
+    """Build the dataclass `cls` from a Hydra config or a plain dict (see `dnamamba.settings.build`):
+    an unknown key (a misspelt override), a required key left at `???`, a value of the wrong type or
+    out of range becomes a one-line InputError that names the setting."""
+    return build(cls, cfg)
 
 
 def check_choice(name: str, value: Any, choices: tuple) -> None:
@@ -85,19 +60,6 @@ def progress_bar(enabled: bool, unit: str) -> Progress:
         MofNCompleteColumn(), TextColumn(unit), TimeElapsedColumn(), TimeRemainingColumn(),
         console=console, disable=not (enabled and console.is_terminal),
     )
-
-
-def check_writable(path: str) -> None:
-    """Fail before any work when the output could not be written; creates nothing."""
-    if os.path.isdir(path):
-        raise InputError(path, "output path is a directory")
-    folder = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(folder):  # missing folders are created at write time, under this one
-        folder = os.path.dirname(folder)
-    if not os.path.isdir(folder):
-        raise InputError(path, f"cannot create the output folder: {folder} is a file")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise InputError(path, f"the output folder {folder} is not writable")
 
 
 @contextlib.contextmanager

@@ -25,10 +25,28 @@ class MambaConfig:
     checkpoint_blocks: bool = False  # recompute each block in backward: activations O(L * d_model) per layer
 
     def __post_init__(self):
-        if self.scan_backend not in SCAN_BACKENDS:
-            raise ValueError(f"scan_backend must be one of {SCAN_BACKENDS}, got {self.scan_backend!r}")
+        self.validate()
         if self.dt_rank is None:
             self.dt_rank = math.ceil(self.d_model / 16)
+
+    def validate(self) -> None:
+        """ValueError("key=value: why") for a value the model cannot be built with."""
+        def bad(key: str, why: str):
+            return ValueError(f"{key}={getattr(self, key)!r}: {why}")
+
+        if self.scan_backend not in SCAN_BACKENDS:
+            raise bad("scan_backend", f"must be one of {', '.join(SCAN_BACKENDS)}")
+        for key in ("d_model", "n_layer", "d_state", "d_conv", "expand", "scan_chunk_size"):
+            if getattr(self, key) < 1:
+                raise bad(key, "must be at least 1")
+        if self.dt_rank is not None and self.dt_rank < 1:
+            raise bad("dt_rank", "must be at least 1 (or null for ceil(d_model / 16))")
+        if not 2 <= self.vocab_size <= 256:
+            raise bad("vocab_size", "must be in [2, 256]: tokens are bytes")
+        if not 0 < self.dt_min <= self.dt_max:
+            raise bad("dt_min", f"must be positive and at most dt_max={self.dt_max}")
+        if self.dt_init_floor <= 0 or self.norm_eps <= 0:
+            raise bad("dt_init_floor" if self.dt_init_floor <= 0 else "norm_eps", "must be positive")
 
     @property
     def d_inner(self) -> int:

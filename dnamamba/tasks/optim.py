@@ -27,6 +27,25 @@ class OptimConfig:
     def __post_init__(self):
         # YAML lists arrive as OmegaConf ListConfig; checkpoints must hold plain Python values.
         self.betas = tuple(float(b) for b in self.betas)
+        self.validate()
+
+    def validate(self) -> None:
+        """ValueError("key=value: why") for a value AdamW or the schedule cannot work with."""
+        def bad(key: str, why: str):
+            return ValueError(f"{key}={getattr(self, key)!r}: {why}")
+
+        if not self.lr > 0:
+            raise bad("lr", "must be positive")
+        if self.weight_decay < 0:
+            raise bad("weight_decay", "must be >= 0")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise bad("betas", "must be two numbers in [0, 1)")
+        if not self.eps > 0:
+            raise bad("eps", "must be positive")
+        if self.warmup_steps < 0:
+            raise bad("warmup_steps", "must be >= 0")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise bad("min_lr_ratio", "must be in [0, 1]")
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

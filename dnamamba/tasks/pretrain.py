@@ -15,6 +15,7 @@ import torch.nn.functional as F
 import torchmetrics
 
 from ..model import MambaConfig, MambaLM
+from .distributed import destroy_process_group_at_exit
 from .optim import OptimConfig, build_optimizer
 
 LN2 = math.log(2.0)
@@ -41,6 +42,9 @@ class CausalLMTask(pl.LightningModule):
 
     def forward(self, tokens):
         return self.model(tokens)
+
+    def setup(self, stage: str) -> None:
+        destroy_process_group_at_exit()
 
     def _step(self, batch):
         tokens, weight = batch["tokens"], batch["loss_weight"]  # (B, L) each

@@ -1,10 +1,11 @@
 """`dnamamba embed`: embeddings of FASTA records or BED intervals from an exported model.
 
     dnamamba embed model=EXPORT_DIR fasta=PATH out=FILE.npy [bed=PATH] [pooling=mean|none]
-                   [rc_average=true] [layer=-1] [chunk_size=65536] [batch_size=8]
+                   [rc_average=true] [layer=-1 | layers=[0,1,-1]] [table=tsv|parquet]
+                   [chunk_size=65536] [batch_size=8]
 
-writes FILE (.npy or .safetensors) and FILE's stem + .tsv listing the items in row order. See
-dnamamba/inference/embed.py for the array layouts.
+writes FILE (.npy or .safetensors) and FILE's stem + .tsv (or .parquet) listing the items in row order.
+See dnamamba/inference/embed.py for the array layouts.
 """
 from __future__ import annotations
 

@@ -57,11 +57,11 @@ def check(cfg: DictConfig) -> None:
     if cfg.ckpt_path is not None:
         require_file(cfg.ckpt_path, "checkpoint to resume from")
     run_dir = os.path.abspath(str(cfg.run_dir))
-    check_writable_dir(run_dir)
     # The checkpoint resumed from is read whole before training, so writing last.ckpt over it is resuming.
     outputs = [run_dir, os.path.join(run_dir, "metrics.json"), os.path.join(run_dir, "pretrain.log")]
     outputs += [os.path.join(run_dir, "export", name) for name in (WEIGHTS, CONFIG, "metrics.json")]
     refuse_overwriting_inputs(outputs, [fasta, data.bed])
+    check_writable_dir(run_dir)
 
 
 def _check_trainer(trainer) -> None:

@@ -1,6 +1,6 @@
 """`dnamamba score-variants`: a zero-shot log-likelihood ratio for every ALT allele of a VCF.
 
-    dnamamba score-variants model=EXPORT_DIR fasta=REF vcf=IN out=OUT [window=1024] [rc_average=true]
+    dnamamba score-variants model=EXPORT_DIR fasta=REF vcf=IN out=OUT [window=1024 (at least 16)] [rc_average=true]
                             [strict=true] [info_field=DNAMAMBA_LLR]
 
 OUT is a copy of IN with the score in INFO (.vcf, .vcf.gz, .bcf) or a table (.tsv). Unscorable
@@ -14,13 +14,16 @@ from omegaconf import DictConfig
 
 from dnamamba.errors import exit_on_input_error
 from dnamamba.inference.runtime import config_from
+from dnamamba.io import refuse_overwriting_inputs
 from dnamamba.inference.variants import ScoreVariantsConfig, score_vcf
 
 from . import store_packaged_config
 
 
 def run(cfg: DictConfig | dict) -> dict:
-    return score_vcf(config_from(ScoreVariantsConfig, cfg))
+    cfg = config_from(ScoreVariantsConfig, cfg)
+    refuse_overwriting_inputs([cfg.out, cfg.out + ".tbi"], [cfg.vcf, cfg.fasta, cfg.model])
+    return score_vcf(cfg)
 
 
 store_packaged_config("score_variants")

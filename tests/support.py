@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -49,13 +50,35 @@ def tiny_model(seed: int = 0) -> MambaLM:
     return MambaLM(MambaConfig(d_model=32, n_layer=2, d_state=8)).eval()
 
 
-def run_cli(command: str, cwd: Path, *overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def cli_command(command: str, *overrides: str, unprivileged: bool = False) -> list[str]:
+    """The argv of `dnamamba COMMAND overrides...`. `unprivileged`: when the tests run as root, drop the
+    capabilities that let root read and write any file, so file permissions apply as for a user."""
+    prefix = []
+    if unprivileged and os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root and setpriv (util-linux) is missing: permissions cannot be tested")
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-all"]
+    return [*prefix, sys.executable, "-m", "dnamamba.cli", command, *overrides]
+
+
+def cli_env() -> dict:
+    # One intra-op thread: small forward passes stall behind a spinning thread team on a busy machine.
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def run_cli(command: str, cwd: Path, *overrides: str, timeout: int = 300,
+            unprivileged: bool = False) -> subprocess.CompletedProcess:
     """`dnamamba COMMAND overrides...` in a subprocess, run from `cwd` (created)."""
     cwd.mkdir(parents=True, exist_ok=True)
-    # One intra-op thread: small forward passes stall behind a spinning thread team on a busy machine.
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "dnamamba.cli", command, *overrides], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(cli_command(command, *overrides, unprivileged=unprivileged), cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout, env=cli_env())
+
+
+def start_cli(command: str, cwd: Path, *overrides: str) -> subprocess.Popen:
+    """`run_cli` without waiting: for tests that signal the running command."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(cli_command(command, *overrides), cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=cli_env())
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *expected: str) -> str:

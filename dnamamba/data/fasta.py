@@ -1,9 +1,11 @@
 """FASTA records by name and 0-based, half-open coordinates, on pyfaidx.
 
 Plain FASTA and bgzip FASTA are read in place with random access. A plain-gzip FASTA has no random
-access, so it is decompressed once into the cache. Indexes (.fai, .gzi) always go to the cache, never
-beside the input, because input folders are often read-only or shared. Cache entries are keyed by
-the input's absolute path, size and mtime, so an edited input gets a fresh entry.
+access, so it is decompressed once into the cache; so is a CRLF file that pyfaidx's line-length check
+refuses (a copy with LF endings). Indexes (.fai, .gzi) always go to the cache, never beside the input,
+because input folders are often read-only or shared. Cache entries are keyed by the input's absolute
+path, size and mtime, so an edited input gets a fresh entry; each entry's manifest holds checksums of
+its index files, checked on every open, so a damaged index is rebuilt instead of read.
 
 A `FastaFile` is picklable and opens its pyfaidx handle lazily in each process, so one object can be
 handed to DataLoader workers (fork or spawn) and each worker gets its own file handle.
@@ -13,6 +15,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib.resources
+import json
 import os
 import shutil
 import struct
@@ -74,6 +77,21 @@ def _cache_key(path: str) -> str:
     return f"{digest[:16]}-{os.path.basename(path)}"
 
 
+class _LineLengthError(Exception):
+    """pyfaidx's line-length check failed (its message says where)."""
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _has_crlf(path: str, kind: str) -> bool:
+    """Whether the file's lines end in CRLF, from its first lines."""
+    with (gzip.open if kind != "none" else open)(path, "rb") as f:
+        return b"\r\n" in f.read(1 << 16)
+
+
 def _decompressed_name(path: str) -> str:
     name = os.path.basename(path)
     for suffix in _GZ_SUFFIXES:
@@ -94,25 +112,22 @@ class FastaFile:
     def __init__(self, path: str | os.PathLike, cache_dir: str | os.PathLike | None = None):
         self.path = require_file(path, "FASTA file")
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        entry = self.cache_dir / "fasta" / _cache_key(self.path)
+        self.cache_entry = self.cache_dir / "fasta" / _cache_key(self.path)
         kind = _compression(self.path)
         gz_name = self.path.lower().endswith(_GZ_SUFFIXES)
-
-        self._gzi_path: str | None = None
-        if kind == "gzip" or (kind == "bgzf" and not gz_name):
-            self._data_path = str(entry / _decompressed_name(self.path))
-            if not os.path.exists(self._data_path):
-                self._decompress(entry)
-        elif kind == "bgzf":
-            self._data_path = self.path
-            self._gzi_path = str(entry / (os.path.basename(self.path) + ".gzi"))
-        else:
-            if gz_name:
-                raise InputError(self.path, "file name ends in .gz but the file is not gzip-compressed")
-            self._data_path = self.path
-        self._fai_path = str(entry / (os.path.basename(self._data_path) + ".fai"))
-        if not os.path.exists(self._fai_path) or (self._gzi_path and not os.path.exists(self._gzi_path)):
-            self._build_index(entry)
+        if kind == "none" and gz_name:
+            raise InputError(self.path, "file name ends in .gz but the file is not gzip-compressed")
+        self._copy_path = str(self.cache_entry / _decompressed_name(self.path))
+        manifest = self._read_manifest()
+        # A plain-gzip file has no random access, and pyfaidx refuses some CRLF files (see _index): both are
+        # read from a copy in the cache entry, and the manifest remembers when an input needed one.
+        use_copy = kind == "gzip" or (kind == "bgzf" and not gz_name) or bool(manifest and manifest.get("copy"))
+        self._use_data(self._copy_path if use_copy else self.path, bgzf=kind == "bgzf" and not use_copy)
+        if not self._index_is_valid(manifest):
+            if manifest is not None:
+                print(f"dnamamba: the cached index of {self.path} in {self.cache_entry} does not match its "
+                      f"checksum; rebuilding it", file=sys.stderr)
+            self._index(kind, manifest)
 
         self._handle: pyfaidx.Faidx | None = None
         self._pid: int | None = None
@@ -123,22 +138,92 @@ class FastaFile:
         if not self.names or not any(self.lengths.values()):
             raise InputError(self.path, "empty FASTA: no record has any bases")
 
-    def _decompress(self, entry: Path) -> None:
-        print(f"dnamamba: {self.path} is gzip without random access; decompressing it once into "
-              f"{entry} (bgzip the file to skip this)", file=sys.stderr)
+    def _use_data(self, data_path: str, bgzf: bool) -> None:
+        self._data_path = data_path
+        self._gzi_path = str(self.cache_entry / (os.path.basename(self.path) + ".gzi")) if bgzf else None
+        self._fai_path = str(self.cache_entry / (os.path.basename(data_path) + ".fai"))
+
+    # The cache entry's manifest: what was indexed and a checksum of each index file, written last.
+    # pyfaidx trusts a .fai it is given, and a damaged one reads the wrong bases without an error, so
+    # every open checks the index files against it (a hash of a few kilobytes per record) and rebuilds
+    # them on a mismatch.
+    def _manifest_path(self) -> Path:
+        return self.cache_entry / "manifest.json"
+
+    def _read_manifest(self) -> dict | None:
         try:
-            entry.mkdir(parents=True, exist_ok=True)
-            with atomic_path(self._data_path) as tmp:
-                with gzip.open(self.path, "rb") as src, open(tmp, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
+            with open(self._manifest_path()) as f:
+                manifest = json.load(f)
+        except (OSError, ValueError):
+            return None
+        return manifest if isinstance(manifest, dict) else None
+
+    def _index_files(self) -> dict[str, str]:
+        files = {"fai": self._fai_path}
+        if self._gzi_path:
+            files["gzi"] = self._gzi_path
+        return files
+
+    def _expected_manifest(self) -> dict:
+        return {"data": os.path.basename(self._data_path), "copy": self._data_path == self._copy_path,
+                "data_size": os.path.getsize(self._data_path),
+                **{f"{kind}_sha256": _sha256(path) for kind, path in self._index_files().items()}}
+
+    def _index_is_valid(self, manifest: dict | None) -> bool:
+        if manifest is None or not all(os.path.exists(p) for p in (self._data_path, *self._index_files().values())):
+            return False
+        return manifest == self._expected_manifest()
+
+    def _index(self, kind: str, manifest: dict | None) -> None:
+        """(Re)build the cache entry: the copy when one is read, the indexes, then the manifest."""
+        for stale in self.cache_entry.glob("nruns-*.npy"):  # scanned through the index being replaced
+            stale.unlink(missing_ok=True)
+        if self._data_path == self._copy_path and not (
+                os.path.exists(self._copy_path)
+                and (manifest is None or manifest.get("data_size") == os.path.getsize(self._copy_path))):
+            self._copy(f"{self.path} is gzip without random access; decompressing it once into "
+                       f"{self.cache_entry} (bgzip the file to skip this)" if kind != "none" else
+                       f"{self.path} has CRLF line endings; a copy with LF endings goes into {self.cache_entry}")
+        try:
+            self._build_index()
+        except _LineLengthError as e:
+            # pyfaidx counts a blank line as one byte, so a CRLF file with a blank line (often the last line)
+            # fails its line-length check though LF files pass. A copy with LF endings indexes as the LF file.
+            if self._data_path == self._copy_path or not _has_crlf(self.path, kind):
+                raise InputError(self.path, f"not a valid FASTA: {e}") from None
+            self._use_data(self._copy_path, bgzf=False)
+            self._copy(f"{self.path} has CRLF line endings; a copy with LF endings goes into {self.cache_entry}")
+            try:
+                self._build_index()
+            except _LineLengthError as e:
+                raise InputError(self.path, f"not a valid FASTA: {e}") from None
+        with atomic_path(self._manifest_path()) as tmp, open(tmp, "w") as f:
+            json.dump(self._expected_manifest(), f)
+
+    def _copy(self, announce: str) -> None:
+        """The input, decompressed and with LF line endings, as the cache entry's copy."""
+        print(f"dnamamba: {announce}", file=sys.stderr)
+        try:
+            self.cache_entry.mkdir(parents=True, exist_ok=True)
+            with atomic_path(self._copy_path) as tmp:
+                opener = gzip.open if _compression(self.path) != "none" else open
+                with opener(self.path, "rb") as src, open(tmp, "wb") as dst:
+                    carry = b""
+                    while block := src.read(1 << 20):
+                        block = carry + block
+                        # A CR at the end of a block may start a CRLF that the next block ends.
+                        carry = b"\r" if block.endswith(b"\r") else b""
+                        dst.write(block[:len(block) - len(carry)].replace(b"\r\n", b"\n"))
+                    dst.write(carry)
         except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError; so is a full or read-only cache
-            raise InputError(self.path, f"cannot decompress into the cache {entry} "
+            raise InputError(self.path, f"cannot copy into the cache {self.cache_entry} "
                                         f"(set DNAMAMBA_CACHE to move it): {e}") from None
 
-    def _build_index(self, entry: Path) -> None:
+    def _build_index(self) -> None:
         # pyfaidx writes its indexes in place, so it writes to temporary names that are renamed on
-        # success: concurrent processes (DDP ranks) never read a half-written index. The .gzi is
-        # renamed before the .fai, so an existing .fai means both are complete.
+        # success: concurrent processes (DDP ranks) never read a half-written index. The manifest,
+        # written after both, says they are complete.
+        entry = self.cache_entry
         gzi_ctx = atomic_path(self._gzi_path) if self._gzi_path else nullcontext(None)
         try:
             entry.mkdir(parents=True, exist_ok=True)
@@ -151,6 +236,8 @@ class FastaFile:
         except pyfaidx.FastaIndexingError as e:
             if os.path.getsize(self._data_path) == 0 or "does not contain a valid sequence" in str(e):
                 raise InputError(self.path, "empty FASTA: no record (no line starting with '>')") from None
+            if "Line length of fasta file is not consistent" in str(e):
+                raise _LineLengthError(str(e)) from None
             raise InputError(self.path, f"not a valid FASTA: {e}") from None
         except ValueError as e:  # duplicate record names, or bytes that are not text
             raise InputError(self.path, f"not a valid FASTA: {e}") from None
@@ -199,8 +286,9 @@ class FastaFile:
         except UnicodeDecodeError:
             raise InputError(self.path, f"bytes that are not text in [{start}, {end})", record=name) from None
         if len(seq) != end - start:
-            raise InputError(self.path, f"read {len(seq)} bases for [{start}, {end}); the file changed "
-                                        f"after it was indexed, or its line lengths are inconsistent",
+            raise InputError(self.path, f"read {len(seq)} bases for [{start}, {end}): the file changed after "
+                                        f"it was indexed, or its line lengths are inconsistent; the index is "
+                                        f"in the cache entry {self.cache_entry} (delete it to rebuild)",
                              record=name)
         self._check_bytes(name, start, seq)
         return seq

@@ -10,8 +10,12 @@ Outputs, chosen by the extension of `out`:
 - pooling=none: one (length, d_model) matrix per item. `.npy`: a float32 array
   (n_items, max_length, d_model), zero-padded after each item's length; `.safetensors`: one tensor per
   item, keyed by its row number ("0", "1", ...).
-Beside `out`, `<out stem>.tsv` lists the items in row order: name, contig, start (0-based), end,
-length. With pooling=none, `length` is the number of valid rows of the item's matrix.
+- layers=[...] reads several layers in the same pass and puts a layer axis after the item axis, in the
+  order given: (n_items, n_layers, d_model) with pooling=mean, (n_items, n_layers, max_length, d_model)
+  and per item (n_layers, length, d_model) with pooling=none.
+Beside `out`, `<out stem>.tsv` (or `.parquet` with table=parquet) lists the items in row order: name,
+contig, start (0-based), end, length. With pooling=none, `length` is the number of valid rows of the
+item's matrix.
 """
 from __future__ import annotations
 
@@ -21,6 +25,8 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from safetensors.torch import save_file
 
@@ -28,14 +34,15 @@ from .. import alphabet
 from ..data.bed import read_bed
 from ..data.fasta import FastaFile
 from ..errors import InputError
-from ..io import atomic_path
+from ..io import atomic_path, check_writable, refuse_overwriting_inputs
 from ..model import LayerState, MambaLM, load_export
-from .runtime import (SETTINGS, autocast, check_choice, check_writable, note, progress_bar, resolve_device,
-                      write_errors)
+from .runtime import SETTINGS, autocast, check_choice, note, progress_bar, resolve_device, write_errors
 
 POOLINGS = ("mean", "none")
 SOFT_MASK_MODES = ("keep", "upper")
 OUTPUT_EXTENSIONS = (".npy", ".safetensors")
+TABLE_FORMATS = ("tsv", "parquet")
+TABLE_COLUMNS = ("name", "contig", "start", "end", "length")
 _COMPLEMENT_U8 = alphabet.COMPLEMENT.numpy().astype(np.uint8)  # (256,) byte -> complement byte
 
 
@@ -45,23 +52,31 @@ class EmbedConfig:
 
     model: str = "???"  # export directory (config.json + model.safetensors)
     fasta: str = "???"
-    out: str = "???"  # .npy or .safetensors; the item table goes to <out stem>.tsv
+    out: str = "???"  # .npy or .safetensors; the item table goes to <out stem>.tsv (or .parquet)
     bed: Optional[str] = None  # one item per interval; without it, one item per FASTA record
     records: Optional[List[str]] = None  # without bed: only these records, in this order
     pooling: str = "mean"  # mean | none (per position)
     rc_average: bool = False  # average with the reverse complement's embedding (re-aligned per position)
     layer: int = -1  # -1: after the final norm; 0..n_layer-1: output of that block
+    layers: Optional[List[int]] = None  # several layers in one pass, e.g. [0,1,-1]: adds a layer axis
     soft_mask: str = "keep"  # keep the FASTA's case, or upper: fold soft-masked bases to uppercase
     batch_size: int = 8  # sequences per forward pass
     chunk_size: int = 65536  # longer sequences are read in chunks of this many bases, state carried
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "fp32"  # fp32 | bf16 (autocast)
+    table: str = "tsv"  # tsv | parquet: the format of the item table
     cache_dir: Optional[str] = None  # decompressed FASTA and indexes; default $DNAMAMBA_CACHE
     progress: bool = True
 
     def validate(self) -> None:
         check_choice("pooling", self.pooling, POOLINGS)
         check_choice("soft_mask", self.soft_mask, SOFT_MASK_MODES)
+        check_choice("table", self.table, TABLE_FORMATS)
+        if self.layers is not None:
+            if self.layer != -1:
+                raise InputError(SETTINGS, "give either layer= or layers=, not both")
+            if not self.layers or len(set(self.layers)) != len(self.layers):
+                raise InputError(SETTINGS, f"layers={self.layers} must list one or more layers, each once")
         if self.batch_size < 1 or self.chunk_size < 1:
             raise InputError(SETTINGS, "batch_size and chunk_size must be at least 1")
         if self.bed is not None and self.records is not None:
@@ -76,9 +91,9 @@ def output_extension(path: str) -> str:
     return ext
 
 
-def table_path(out: str) -> str:
-    """The item table written beside `out`: same folder and stem, extension .tsv."""
-    return os.path.splitext(out)[0] + ".tsv"
+def table_path(out: str, table: str = "tsv") -> str:
+    """The item table written beside `out`: same folder and stem, extension .tsv or .parquet."""
+    return os.path.splitext(out)[0] + "." + table
 
 
 @dataclass(frozen=True)
@@ -100,13 +115,15 @@ def _trim_state(state: list[LayerState], rows: int) -> list[LayerState]:
 
 
 @torch.no_grad()
-def embed_tokens(model: MambaLM, sequences: Sequence[torch.Tensor], layer: int = -1, pooling: str = "mean",
-                 rc_average: bool = False, chunk_size: int = 65536, device: torch.device | str | None = None,
-                 precision: str = "fp32", on_progress=None) -> list[np.ndarray]:
+def embed_tokens(model: MambaLM, sequences: Sequence[torch.Tensor], layer: int | Sequence[int] = -1,
+                 pooling: str = "mean", rc_average: bool = False, chunk_size: int = 65536,
+                 device: torch.device | str | None = None, precision: str = "fp32",
+                 on_progress=None) -> list[np.ndarray]:
     """Embed one batch of token sequences (each (L_i,) long).
 
     Token ids are bytes, so sequences may come as uint8 or long tensors.
-    Returns per sequence a float32 (d_model,) array (pooling=mean) or (L_i, d_model) (pooling=none).
+    Returns per sequence a float32 (d_model,) array (pooling=mean) or (L_i, d_model) (pooling=none);
+    with a list of layers, all read in the same pass, (n_layers, d_model) or (n_layers, L_i, d_model).
     Sequences are right-padded into one batch and read `chunk_size` positions at a time with the
     per-layer state carried over; rows whose sequence has ended are dropped from later chunks.
     """
@@ -129,10 +146,12 @@ def embed_tokens(model: MambaLM, sequences: Sequence[torch.Tensor], layer: int =
     for i, r in enumerate(order.tolist()):
         tokens[i, :len(rows[r])] = rows[r]
     d = model.cfg.d_model
+    layers = list(layer) if isinstance(layer, (list, tuple)) else [layer]
+    K = len(layers)
     if pooling == "mean":
-        sums = torch.zeros(len(rows), d, dtype=torch.float64, device=device)  # (R, d)
+        sums = torch.zeros(len(rows), K, d, dtype=torch.float64, device=device)  # (R, K, d)
     else:
-        full = torch.zeros(len(rows), L, d, dtype=torch.float32)  # (R, L, d) on the host
+        full = torch.zeros(len(rows), K, L, d, dtype=torch.float32)  # (R, K, L, d) on the host
     state = None
     for c0 in range(0, L, chunk_size):
         active = int((lengths_sorted > c0).sum())
@@ -140,30 +159,28 @@ def embed_tokens(model: MambaLM, sequences: Sequence[torch.Tensor], layer: int =
         if state is not None and active < state[0].ssm.shape[0]:
             state = _trim_state(state, active)
         with autocast(device, precision):
-            h, state = model.hidden_states(chunk, layer, state=state, return_state=True)  # (A, l, d)
+            hs, state = model.hidden_states(chunk, layers, state=state, return_state=True)  # K x (A, l, d)
+        h = torch.stack(hs, dim=1)  # (A, K, l, d)
         pos = c0 + torch.arange(chunk.shape[1], device=device)  # (l,)
         valid = pos[None, :] < lengths_sorted[:active, None].to(device)  # (A, l)
         if pooling == "mean":
-            sums[:active] += (h.double() * valid[..., None]).sum(1)
+            sums[:active] += (h.double() * valid[:, None, :, None]).sum(2)
         else:
-            full[:active, c0:c0 + chunk.shape[1]] = h.float().cpu()
+            full[:active, :, c0:c0 + chunk.shape[1]] = h.float().cpu()
         if on_progress is not None:
             on_progress(int(valid.sum()))
     per_row: list[np.ndarray] = [None] * len(rows)  # type: ignore[list-item]
     for i, r in enumerate(order.tolist()):
         n = int(lengths_sorted[i])
         if pooling == "mean":
-            per_row[r] = (sums[i] / n).float().cpu().numpy()
+            per_row[r] = (sums[i] / n).float().cpu().numpy()  # (K, d)
         else:
-            per_row[r] = full[i, :n].numpy()
-    if not rc_average:
-        return per_row
-    out = []
-    for k in range(len(sequences)):
-        fwd, rc = per_row[2 * k], per_row[2 * k + 1]
+            per_row[r] = full[i, :, :n].numpy()  # (K, n, d)
+    if rc_average:
         # Position j of the reverse complement is position L-1-j of the forward strand.
-        out.append((fwd + (rc if pooling == "mean" else rc[::-1])) / 2)
-    return out
+        per_row = [(fwd + (rc if pooling == "mean" else rc[:, ::-1])) / 2
+                   for fwd, rc in zip(per_row[0::2], per_row[1::2])]
+    return per_row if isinstance(layer, (list, tuple)) else [row[0] for row in per_row]
 
 
 def _items(cfg: EmbedConfig, fasta: FastaFile) -> list[Item]:
@@ -180,37 +197,43 @@ def _items(cfg: EmbedConfig, fasta: FastaFile) -> list[Item]:
     return items
 
 
-def _check_layer(model: MambaLM, layer: int) -> None:
+def _check_layers(model: MambaLM, cfg: EmbedConfig) -> None:
     n = model.cfg.n_layer
-    if not -n - 1 <= layer <= n:
-        raise InputError(SETTINGS, f"layer={layer} is out of range for a {n}-layer model "
-                                   f"(-1 is the final output; 0..{n - 1} are block outputs)")
+    for layer in cfg.layers if cfg.layers is not None else [cfg.layer]:
+        if not -n - 1 <= layer <= n:
+            key = "layers" if cfg.layers is not None else "layer"
+            raise InputError(SETTINGS, f"{key}: layer={layer} is out of range for a {n}-layer model "
+                                       f"(-1 is the final output; 0..{n - 1} are block outputs)")
 
 
 def embed_fasta(cfg: EmbedConfig) -> dict:
-    """Embed the items of `cfg` and write `cfg.out` plus its .tsv table; returns a summary dict."""
+    """Embed the items of `cfg` and write `cfg.out` plus its item table; returns a summary dict."""
     t0 = time.time()
     cfg.validate()
     ext = output_extension(cfg.out)
-    tsv = table_path(cfg.out)
-    for path in (cfg.out, tsv):
+    table = table_path(cfg.out, cfg.table)
+    for path in (cfg.out, table):
         check_writable(path)
+    refuse_overwriting_inputs([cfg.out, table], [cfg.fasta, cfg.bed, cfg.model])
     device = resolve_device(cfg.device)
     model = load_export(cfg.model, device)
-    _check_layer(model, cfg.layer)
+    _check_layers(model, cfg)
+    layer = cfg.layers if cfg.layers is not None else cfg.layer
     with FastaFile(cfg.fasta, cache_dir=cfg.cache_dir) as fasta:
         items = _items(cfg, fasta)
         d = model.cfg.d_model
         n_tokens = sum(it.length for it in items) * (2 if cfg.rc_average else 1)
         order = sorted(range(len(items)), key=lambda k: -items[k].length)  # similar lengths share a batch
-        with write_errors(cfg.out), atomic_path(cfg.out) as tmp, atomic_path(tsv) as tmp_tsv:
-            _write_table(tmp_tsv, items)
+        layer_axis = () if cfg.layers is None else (len(cfg.layers),)
+        with write_errors(cfg.out), atomic_path(cfg.out) as tmp, atomic_path(table) as tmp_table:
+            _write_table(tmp_table, items, cfg.table)
             if cfg.pooling == "mean":
-                result = np.zeros((len(items), d), dtype=np.float32)  # (n_items, d)
+                result = np.zeros((len(items), *layer_axis, d), dtype=np.float32)  # (n_items, [K,] d)
             elif ext == ".npy":
                 # Written in place so the padded array never has to fit in memory at once.
+                longest = max(it.length for it in items)
                 result = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
-                                                   shape=(len(items), max(it.length for it in items), d))
+                                                   shape=(len(items), *layer_axis, longest, d))
             else:
                 result = {}
             with progress_bar(cfg.progress, "bases") as progress:
@@ -223,33 +246,44 @@ def embed_fasta(cfg: EmbedConfig) -> dict:
                         seq = fasta.fetch(it.contig, it.start, it.end)
                         seq = seq.upper() if cfg.soft_mask == "upper" else seq
                         seqs.append(torch.frombuffer(bytearray(seq), dtype=torch.uint8))
-                    embs = embed_tokens(model, seqs, cfg.layer, cfg.pooling, cfg.rc_average, cfg.chunk_size,
+                    embs = embed_tokens(model, seqs, layer, cfg.pooling, cfg.rc_average, cfg.chunk_size,
                                         device, cfg.precision,
                                         on_progress=lambda n: progress.advance(task, n))
                     for k, emb in zip(idx, embs):
                         if isinstance(result, dict):
                             result[str(k)] = torch.from_numpy(np.ascontiguousarray(emb))
+                        elif cfg.pooling == "mean":
+                            result[k] = emb
                         else:
-                            result[k, :len(emb)] = emb
+                            result[k, ..., :emb.shape[-2], :] = emb  # the item's positions; padding stays 0
             _write_array(tmp, ext, result, cfg)
             del result  # closes the memory map before the file is renamed into place
     kind = ("interval" if cfg.bed else "record") + ("" if len(items) == 1 else "s")
     note(f"embedded {len(items)} {kind} ({n_tokens:,} bases"
-         f"{' over both strands' if cfg.rc_average else ''}) -> {cfg.out} and {tsv}")
-    return {"items": len(items), "d_model": d, "bases": n_tokens, "out": cfg.out, "table": tsv,
+         f"{' over both strands' if cfg.rc_average else ''}) -> {cfg.out} and {table}")
+    return {"items": len(items), "d_model": d, "bases": n_tokens, "out": cfg.out, "table": table,
             "wall_time_s": round(time.time() - t0, 3)}
 
 
-def _write_table(path: str, items: Sequence[Item]) -> None:
+def _write_table(path: str, items: Sequence[Item], table: str) -> None:
+    if table == "parquet":
+        types = (pa.string(), pa.string(), pa.int64(), pa.int64(), pa.int64())
+        columns = {col: pa.array([getattr(it, col) for it in items], kind) for col, kind in zip(TABLE_COLUMNS, types)}
+        pq.write_table(pa.table(columns), path)
+        return
     with open(path, "w") as f:
-        f.write("name\tcontig\tstart\tend\tlength\n")
+        f.write("\t".join(TABLE_COLUMNS) + "\n")
         for it in items:
             f.write(f"{it.name}\t{it.contig}\t{it.start}\t{it.end}\t{it.length}\n")
 
 
 def _write_array(tmp: str, ext: str, result, cfg: EmbedConfig) -> None:
     meta = {"format": "dnamamba-embeddings", "model": os.path.abspath(cfg.model), "pooling": cfg.pooling,
-            "layer": str(cfg.layer), "rc_average": str(cfg.rc_average).lower(), "soft_mask": cfg.soft_mask}
+            "rc_average": str(cfg.rc_average).lower(), "soft_mask": cfg.soft_mask}
+    if cfg.layers is None:
+        meta["layer"] = str(cfg.layer)
+    else:
+        meta["layers"] = ",".join(map(str, cfg.layers))
     if isinstance(result, np.memmap):
         result.flush()
     elif ext == ".npy":

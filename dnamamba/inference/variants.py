@@ -62,6 +62,7 @@ SKIP_REASONS = {
     "no_alt": "no ALT allele",
 }
 SOFT_MASK_MODES = ("keep", "upper")
+MIN_WINDOW = 16  # bases; shorter windows leave the model next to no context to score a variant in
 OUTPUT_KINDS = {".vcf": "w", ".vcf.gz": "wz", ".vcf.bgz": "wz", ".bcf": "wb", ".tsv": "tsv"}
 
 _RC_TABLE = bytes(alphabet.COMPLEMENT.tolist())  # byte -> complement byte, case kept
@@ -90,8 +91,9 @@ class ScoreVariantsConfig:
     progress: bool = True
 
     def validate(self) -> None:
-        if self.window < 1:
-            raise InputError(SETTINGS, f"window={self.window} must be at least 1")
+        if self.window < MIN_WINDOW:
+            raise InputError(SETTINGS, f"window={self.window} is below {MIN_WINDOW}: the window//2 bases before a "
+                                       f"variant are all the context the model gets (window=1 scores every variant 0)")
         if self.batch_size < 1 or self.block_records < 1:
             raise InputError(SETTINGS, "batch_size and block_records must be at least 1")
         check_choice("soft_mask", self.soft_mask, SOFT_MASK_MODES)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -148,22 +149,32 @@ class MambaLM(nn.Module):
             return layer % (n + 1)
         raise ValueError(f"layer must be in [-{n + 1}, {n}], got {layer}")
 
-    def hidden_states(self, tokens: torch.Tensor, layer: int = -1, state: list[LayerState] | None = None,
-                      return_state: bool = False):
-        """tokens (B, L) long -> hidden (B, L, d_model) after block `layer` (-1: after the final norm)."""
-        stop = self._layer_index(layer)
+    def hidden_states(self, tokens: torch.Tensor, layer: int | Sequence[int] = -1,
+                      state: list[LayerState] | None = None, return_state: bool = False):
+        """tokens (B, L) long -> hidden (B, L, d_model) after block `layer` (-1: after the final norm).
+
+        With a list of layers, one pass gives a list of hiddens in that order. The states cover the
+        blocks run, up to the deepest layer asked for.
+        """
+        many = isinstance(layer, (list, tuple))
+        stops = [self._layer_index(x) for x in (layer if many else [layer])]
+        last = max(stops)
         h = self.embedding(tokens)  # (B, L, d_model)
+        kept = {}
         new_states = []
-        for i, block in enumerate(self.layers[:min(stop + 1, self.cfg.n_layer)]):
+        for i, block in enumerate(self.layers[:min(last + 1, self.cfg.n_layer)]):
             s = None if state is None else state[i]
             if self.cfg.checkpoint_blocks and self.training and not return_state and s is None:
                 h, ns = checkpoint(block, h, None, False, use_reentrant=False)
             else:
                 h, ns = block(h, s, return_state)
             new_states.append(ns)
-        if stop == self.cfg.n_layer:
-            h = self.norm_f(h)
-        return (h, new_states) if return_state else h
+            if i in stops:
+                kept[i] = h
+        if last == self.cfg.n_layer:
+            kept[last] = self.norm_f(h)
+        out = [kept[i] for i in stops] if many else kept[stops[0]]
+        return (out, new_states) if return_state else out
 
     def forward(self, tokens: torch.Tensor, state: list[LayerState] | None = None, return_state: bool = False):
         """tokens (B, L) long -> logits (B, L, vocab) for the next token at each position."""

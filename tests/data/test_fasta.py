@@ -134,7 +134,7 @@ def test_bgzip_random_access_with_indexes_in_cache(tmp_path, read_only_dir, lamb
         for a, b in random_slices(len(s), n=20, seed=len(name)):
             assert f.fetch(name, a, b) == s[a:b].encode()
     entry = next((cache / "fasta").iterdir())
-    assert sorted(p.name for p in entry.iterdir()) == ["multi.fa.gz.fai", "multi.fa.gz.gzi"]
+    assert sorted(p.name for p in entry.iterdir()) == ["manifest.json", "multi.fa.gz.fai", "multi.fa.gz.gzi"]
     assert listing(read_only_dir) == ["multi.fa.gz"]
 
 

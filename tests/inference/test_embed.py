@@ -35,6 +35,20 @@ def test_chunked_equals_one_pass_float64(lambda_seqs, layer):
         np.testing.assert_allclose(a, full.mean(0), rtol=0, atol=1e-6)
 
 
+def test_several_layers_in_one_chunked_pass_equal_each_layer_alone_float64(lambda_seqs):
+    model = tiny_model().double()
+    layers = [1, 0, -1]
+    both = embed_tokens(model, lambda_seqs, layer=layers, pooling="none", rc_average=True, chunk_size=157)
+    means = embed_tokens(model, lambda_seqs, layer=layers, chunk_size=157)
+    for k, layer in enumerate(layers):
+        alone = embed_tokens(model, lambda_seqs, layer=layer, pooling="none", rc_average=True, chunk_size=1 << 20)
+        alone_mean = embed_tokens(model, lambda_seqs, layer=layer, chunk_size=1 << 20)
+        for seq, b, a, m, am in zip(lambda_seqs, both, alone, means, alone_mean):
+            assert b.shape == (3, len(seq), 32) and m.shape == (3, 32)
+            np.testing.assert_allclose(b[k], a, rtol=0, atol=1e-10)
+            np.testing.assert_allclose(m[k], am, rtol=0, atol=1e-6)  # float32 output
+
+
 def test_chunked_equals_one_pass_float32(lambda_seqs):
     model = tiny_model()
     one = embed_tokens(model, lambda_seqs, pooling="none", chunk_size=1 << 20)

@@ -1,6 +1,6 @@
 """Compression baselines for the E. coli held-out tail, in bits per base, to read the model's val bits/base.
 
-    python bench/ecoli_baselines.py /work/shared/data/ecoli_k12_mg1655.fa.gz
+    python bench/ecoli_baselines.py data/ecoli_k12_mg1655.fa.gz
 
 The held-out range is the last 10% of the record, as in `experiment=ecoli_10min`. "alone" compresses the
 tail by itself; "given the rest" is size(rest + tail) - size(rest), the compressor's cost of the tail once

@@ -1,8 +1,8 @@
 """Benchmark: the Triton selective scan against mamba_ssm's CUDA scan, on the same inputs, in one process.
 
-    python bench/scan.py --anchors ../shared/anchors --out bench/results
+    python bench/scan.py --anchors .anchors --out bench/results
 
-Builds mamba_ssm's CUDA scan from the anchors folder (about two minutes), then for each (batch, L) at
+Builds mamba_ssm's CUDA scan from the anchors folder, a copy of mamba_ssm 2.3.2.post1's source (about two minutes), then for each (batch, L) at
 D=1024, N=16, bf16, with z gating and softplus: forward and forward+backward medians from
 triton.testing.do_bench, and the extra peak memory of one forward+backward over the inputs already
 allocated. Layouts are transposed for mamba_ssm (channels first) outside the timed region. At
@@ -26,7 +26,7 @@ from dnamamba_kernels import ScanConfig, selective_scan_triton
 
 SHAPES = [(8, 4096), (1, 32768), (1, 131072), (1, 1048576), (1, 2097152)]
 DIM, DSTATE = 1024, 16
-EXP_RATE = 4.0e12  # exp2 per second on the H200, measured (DESIGN.md, "Know the floors")
+EXP_RATE = 4.0e12  # exp2 per second on the H200, measured (docs/architecture.md, "Measured floors")
 
 
 def make_inputs(batch, L, seed=0):
@@ -285,7 +285,7 @@ def packed(out_path: Path, rep: int):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--anchors", default="../shared/anchors")
+    ap.add_argument("--anchors", default=".anchors", help="a copy of mamba_ssm's source to build the CUDA scan from")
     ap.add_argument("--out", default="bench/results")
     ap.add_argument("--shapes", default=None, help="comma list of batchxL, e.g. 8x4096,1x1048576")
     ap.add_argument("--variants", action="store_true", help="also time launch-shape variants at L=2^20")

@@ -35,12 +35,14 @@ commands:
 
 Each command is configured by Hydra: settings are key=value overrides of its config
 (`dnamamba COMMAND --cfg job` prints the resolved config, `dnamamba COMMAND --help` lists the
-config groups and their options).
+config groups and their options). Errors are one line with exit status 2; Ctrl-C and SIGTERM stop
+with one line and status 130 or 143 (pretrain first saves checkpoints/last.ckpt to resume from).
 
 examples:
   dnamamba pretrain                                   # tiny model on the bundled lambda phage
   dnamamba pretrain data=ecoli data.fasta=ecoli.fa.gz model=small trainer.max_steps=2000 run_dir=runs/ecoli
   dnamamba embed model=runs/ecoli/export fasta=ecoli.fa.gz bed=regions.bed out=emb.npy
+  dnamamba embed model=runs/ecoli/export fasta=ecoli.fa.gz bed=regions.bed out=emb.npy layers=[0,1,-1] table=parquet
   dnamamba score-variants model=runs/ecoli/export fasta=ref.fa vcf=calls.vcf.gz out=scored.vcf.gz
 """
 

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import os
 import types
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -1369,25 +1370,64 @@ def scan_bwd(gout, gfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
     return gu, gdt, gA, gB.to(B.dtype), gC.to(C.dtype), gD, gz, gbias, gh0
 
 
+@dataclass
+class ScanSaved:
+    """What the backward needs beyond the inputs: the chunk-start states and decays of the forward (small:
+    (batch, nchunks, N, dim) fp32 each), the packed-sequence index and the resolved launch shapes."""
+
+    hstart: torch.Tensor
+    P: torch.Tensor
+    seq_idx: torch.Tensor | None
+    cfg: ScanConfig
+
+
+def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state=None, cu_seqlens=None,
+                       config: ScanConfig | None = None):
+    """The forward without autograd, for callers that keep their own saved tensors (the fused mixer).
+
+    Inputs as `selective_scan_triton` takes them, already prepared: u, delta, z contiguous (batch, seqlen, dim);
+    A (dim, dstate), D, delta_bias (dim,) fp32; B, C (batch, seqlen, ngroups, dstate) fp32 contiguous;
+    initial_state (batch|nseq, dim, dstate) fp32. Returns y (batch, seqlen, dim), the final state
+    (batch|nseq, dim, dstate) fp32, and the `ScanSaved` that `selective_scan_bwd` takes with the same inputs.
+    """
+    batch, seqlen, dim = u.shape
+    cfg = (config or ScanConfig()).resolve(batch, seqlen, dim)
+    seq_idx, nseq = None, batch
+    if cu_seqlens is not None:
+        nseq = cu_seqlens.numel() - 1
+        seq_idx = _seq_index(cu_seqlens, seqlen, u.device)
+    y, final, hstart, P = scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx,
+                                   nseq, cfg)
+    return y, final, ScanSaved(hstart, P, seq_idx, cfg)
+
+
+def selective_scan_bwd(gy, gfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
+                       saved: ScanSaved):
+    """Gradients (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state) for the inputs of
+    `selective_scan_fwd`, None where an input is absent; gy (batch, seqlen, dim), gfinal None or fp32."""
+    return scan_bwd(gy, None if gfinal is None else gfinal.float().contiguous(), u, delta, A, B, C, D, z,
+                    delta_bias, delta_softplus, initial_state, saved.seq_idx, saved.hstart, saved.P, saved.cfg)
+
+
 class SelectiveScanFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus, seq_idx, nseq, cfg):
-        out, final, hstart, P = scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, seq_idx, nseq,
-                                         cfg)
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, h0, seq_idx, hstart, P)
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus, cu_seqlens, cfg):
+        out, final, saved = selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0,
+                                               cu_seqlens, cfg)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, h0)
         ctx.delta_softplus = delta_softplus
-        ctx.cfg = cfg
+        ctx.scan_saved = saved
         return out, final
 
     @staticmethod
     def backward(ctx, gout, gfinal):
-        u, delta, A, B, C, D, z, delta_bias, h0, seq_idx, hstart, P = ctx.saved_tensors
+        u, delta, A, B, C, D, z, delta_bias, h0 = ctx.saved_tensors
         if gout is None:
             gout = torch.zeros_like(u)
-        grads = scan_bwd(gout, None if gfinal is None else gfinal.float().contiguous(), u, delta, A, B, C, D, z,
-                         delta_bias, ctx.delta_softplus, h0, seq_idx, hstart, P, ctx.cfg)
+        grads = selective_scan_bwd(gout, gfinal, u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, h0,
+                                   ctx.scan_saved)
         gu, gdt, gA, gB, gC, gD, gz, gbias, gh0 = grads
-        return gu, gdt, gA, gB, gC, gD, gz, gbias, gh0, None, None, None, None
+        return gu, gdt, gA, gB, gC, gD, gz, gbias, gh0, None, None, None
 
 
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -1410,12 +1450,9 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
         C = C.unsqueeze(2)
     if dim % B.shape[2]:
         raise ValueError(f"dim {dim} is not divisible by ngroups {B.shape[2]}")
-    seq_idx, nseq = None, batch
-    if cu_seqlens is not None:
-        if batch != 1:
-            raise ValueError("cu_seqlens needs batch size 1 (sequences packed along seqlen)")
-        nseq = cu_seqlens.numel() - 1
-        seq_idx = _seq_index(cu_seqlens, seqlen, u.device)
+    if cu_seqlens is not None and batch != 1:
+        raise ValueError("cu_seqlens needs batch size 1 (sequences packed along seqlen)")
+    nseq = batch if cu_seqlens is None else cu_seqlens.numel() - 1
     if seqlen == 0:
         y = u.new_zeros(u.shape)
         fin = (torch.zeros(nseq, dim, A.shape[1], dtype=torch.float32, device=u.device)
@@ -1434,7 +1471,7 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     y, final = SelectiveScanFn.apply(prep(u), prep(delta), prep(A, torch.float32), prep(B, torch.float32),
                                      prep(C, torch.float32),
                                      prep(D, torch.float32), prep(z), prep(delta_bias, torch.float32), h0,
-                                     bool(delta_softplus), seq_idx, nseq, cfg)
+                                     bool(delta_softplus), cu_seqlens, cfg)
     if cu_seqlens is not None and initial_state is not None:
         # an empty packed sequence never reaches a start step: its final state is its initial state
         cu = cu_seqlens.to(u.device)

@@ -119,7 +119,7 @@ def bench_norm(L, d, device, variants):
     if variants:
         for block_rows in (2, 4, 8, 16, 32, 64):
             for warps in (1, 2, 4, 8, 16):
-                cfg = NormLaunch(block_rows=block_rows, warps=warps)
+                cfg = NormLaunch(block_rows=block_rows, bwd_block_rows=block_rows, warps=warps)
                 launches.append(dict(block_rows=block_rows, warps=warps,
                                      fwd_ms=timer(lambda: rms_norm_fwd(x, res, w, EPS, launch=cfg)),
                                      bwd_ms=timer(lambda: rms_norm_bwd(gout, res_out, w, rstd, EPS, gres,

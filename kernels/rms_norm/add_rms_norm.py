@@ -11,7 +11,7 @@ Inputs of shape (..., d) are taken as N = prod(...) rows of width d; a whole row
   fp32, writes residual_out, rstd and out (in out's dtype). Where residual_out would only be a copy of an fp32
   input (x or residual alone), it is not written: that input is returned.
 - Backward, `_bwd_kernel`: `bwd_programs` programs, each owning a contiguous range of rows walked in blocks of
-  `block_rows`. Per row dr = rstd * (g - xhat * mean(g * xhat)) with xhat = r * rstd, g = dout * weight, plus
+  `bwd_block_rows`. Per row dr = rstd * (g - xhat * mean(g * xhat)) with xhat = r * rstd, g = dout * weight, plus
   d(residual_out) if given; written once or twice (fp32 for the caller's residual, and a copy in x's dtype when
   it differs, so no separate cast pass). dweight is one partial sum per program, added up by one torch sum at the
   end: no atomics, so the result does not depend on scheduling. rstd can be recomputed from residual_out instead
@@ -33,9 +33,13 @@ from triton.runtime.jit import JITFunction
 
 from .naive import add_rms_norm_ref, norm_dtype, rms_norm_bwd_ref, rms_norm_fwd_ref
 
-# A block of rows holds about this many elements: 16 rows of 256 at the benchmark's d_model.
+# A block of rows holds about this many elements: 16 rows of 256 at the benchmark's d_model in the forward. The
+# backward keeps more values a row alive (its dweight accumulator among them): at 16 x 256 it compiles to 237
+# registers a thread for sm_90, at 8 x 256 to 121, so its blocks are half the size.
 BLOCK_ELEMENTS = 4096
-MAX_WIDTH = 16384
+BWD_BLOCK_ELEMENTS = 2048
+# Wider rows spill registers in the backward at 16 warps (seen compiling for sm_90 with triton 3.9)
+MAX_WIDTH = 8192
 BWD_PROGRAMS_PER_SM = 4
 # Triton's own sum combine: the interpreter recognises it and sums with numpy, and compiled kernels take it as
 # any combine function. tl.sum itself is a jit function bound at triton's import to one mode, so it is not used.
@@ -127,23 +131,28 @@ def use_triton(*tensors: torch.Tensor | None) -> bool:
 
 @dataclass(frozen=True)
 class NormLaunch:
-    """Launch shapes. block_rows: rows a program handles at once, a power of two (None: about BLOCK_ELEMENTS
-    elements a block); warps: per program (None: 4, or 8 past 1024 columns); bwd_programs: backward programs
-    (None: BWD_PROGRAMS_PER_SM per SM on CUDA, 4 when interpreting)."""
+    """Launch shapes. block_rows / bwd_block_rows: rows a forward / backward program handles at once, powers of
+    two (None: about BLOCK_ELEMENTS / BWD_BLOCK_ELEMENTS elements a block); warps: per program (None: 4 up to 1024
+    columns, 8 up to 4096, then 16); bwd_programs: backward programs (None: BWD_PROGRAMS_PER_SM per SM on CUDA, 4
+    when interpreting)."""
 
     block_rows: int | None = None
+    bwd_block_rows: int | None = None
     warps: int | None = None
     bwd_programs: int | None = None
 
-    def resolve(self, d: int, device: torch.device) -> tuple[int, int, int, int]:
-        """(BLOCK_D, block_rows, warps, bwd_programs) for rows of width d on `device`."""
+    def resolve(self, d: int, device: torch.device, backward: bool = False) -> tuple[int, int, int, int]:
+        """(BLOCK_D, rows a block, warps, backward programs) for rows of width d on `device`."""
         if d > MAX_WIDTH:
             raise ValueError(f"rows of width {d} do not fit one program (at most {MAX_WIDTH}); use add_rms_norm_ref")
         block_d = triton.next_power_of_2(d)
-        rows = self.block_rows or max(1, BLOCK_ELEMENTS // block_d)
+        if backward:
+            rows = self.bwd_block_rows or max(1, BWD_BLOCK_ELEMENTS // block_d)
+        else:
+            rows = self.block_rows or max(1, BLOCK_ELEMENTS // block_d)
         if rows & (rows - 1):
-            raise ValueError(f"block_rows must be a power of two, got {rows}")
-        warps = self.warps or (4 if block_d <= 1024 else 8)
+            raise ValueError(f"block rows must be a power of two, got {rows}")
+        warps = self.warps or (4 if block_d <= 1024 else 8 if block_d <= 4096 else 16)
         programs = self.bwd_programs
         if programs is None:
             programs = (torch.cuda.get_device_properties(device).multi_processor_count * BWD_PROGRAMS_PER_SM
@@ -182,7 +191,7 @@ def _bwd(dout, res_out, weight, rstd, eps, dres_out, dtypes, launch):
     """dout, res_out, dres_out: (N, d) contiguous; rstd (N,) or None (recomputed). Returns dr in each of `dtypes`
     (one or two dtypes; None in the second place when only one is asked) and dweight (d,) fp32."""
     n, d = res_out.shape
-    block_d, rows, warps, programs = launch.resolve(d, res_out.device)
+    block_d, rows, warps, programs = launch.resolve(d, res_out.device, backward=True)
     dev = res_out.device
     dr = _empty(n, d, dtype=dtypes[0], device=dev)
     dr2 = _empty(n, d, dtype=dtypes[1], device=dev) if len(dtypes) > 1 else None

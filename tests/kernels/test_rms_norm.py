@@ -16,7 +16,7 @@ from dnamamba_kernels.rms_norm import (NormLaunch, add_rms_norm, add_rms_norm_re
 # the module itself: the package's `add_rms_norm` attribute is the function of the same name
 impl = importlib.import_module("dnamamba_kernels.rms_norm.add_rms_norm")
 
-SMALL = NormLaunch(block_rows=4, bwd_programs=3)
+SMALL = NormLaunch(block_rows=4, bwd_block_rows=4, bwd_programs=3)
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.bfloat16: dict(rtol=1.6e-2, atol=2e-2)}
 WIDTHS = (7, 33, 256, 300)
 INPUTS = ("both", "x_only", "residual_only")
@@ -41,7 +41,7 @@ def run(fn, x, res, w, grads, dtype=None, **kw):
     return out, res_out, [None if t is None else t.grad for t in leaves]
 
 
-def compare(x, res, w, tol, launch=SMALL, **kw):
+def compare(x, res, w, tol, launch=SMALL, weight_tol=None, **kw):
     ref = x if x is not None else res
     expected_out = kw.get("out_dtype") or ref.dtype
     g = torch.Generator().manual_seed(99)
@@ -57,22 +57,24 @@ def compare(x, res, w, tol, launch=SMALL, **kw):
         if t is None:
             continue
         assert a.dtype == t.dtype, name
-        torch.testing.assert_close(a.double(), b, **TOL[t.dtype], msg=lambda m, name=name: f"grad {name}: {m}")
+        tol_grad = weight_tol if name == "weight" and weight_tol else TOL[t.dtype]
+        torch.testing.assert_close(a.double(), b, **tol_grad, msg=lambda m, name=name: f"grad {name}: {m}")
     return out, res_out
 
 
 @pytest.mark.parametrize("d", WIDTHS)
 @pytest.mark.parametrize("which", INPUTS)
 def test_matches_reference_forward_and_gradients(interpret, d, which):
-    """fp32 Triton against the float64 reference: 39 rows as (3, 13), so blocks of 4 rows end mid-block and the
-    3 backward programs walk 4 blocks each (the last program fewer)."""
+    """fp32 Triton against the float64 reference: 39 rows as (3, 13), so the last block of 4 rows is partial and
+    the 3 backward programs walk 4 blocks each (the last one fewer)."""
     x, res, w = make((3, 13), d, which=which, seed=d)
     compare(x, res, w, TOL[torch.float32])
 
 
 @pytest.mark.parametrize("rows", (1, 15, 16, 17, 33))
 def test_default_launch_shapes(interpret, rows):
-    """The default launch (16 rows a block at d = 256, 4 backward programs) around its block edges."""
+    """The default launch (blocks of 16 rows forward and 8 backward at d = 256, 4 backward programs) around its
+    block edges."""
     x, res, w = make((rows,), 256, seed=rows)
     compare(x, res, w, TOL[torch.float32], launch=None)
 
@@ -209,7 +211,8 @@ def test_gpu_bf16_x_fp32_residual_at_a_million_rows():
     reference on the GPU, outputs and all gradients; residual_out and rstd also through the low-level functions."""
     x, res, w = make((1, 2 ** 20), 256, x_dtype=torch.bfloat16, seed=21)
     x, res, w = x.cuda(), res.cuda(), w.cuda()
-    compare(x, res, w, TOL[torch.bfloat16])
+    # dweight sums 2^20 rows whose fp32 terms each carry ~1e-7 relative error: ~1e-4 absolute in sums of ~1e3
+    compare(x, res, w, TOL[torch.bfloat16], launch=None, weight_tol=dict(rtol=1e-4, atol=1e-2))
     out, res_out, rstd = rms_norm_fwd(x, res, w, 1e-5)
     assert torch.isfinite(out).all() and torch.isfinite(rstd).all()
     dr, dw = rms_norm_bwd(out, res_out, w, rstd, 1e-5)

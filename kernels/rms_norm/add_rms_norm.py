@@ -262,7 +262,7 @@ class AddRMSNormFn(torch.autograd.Function):
         d = res_out.shape[-1]
         if dout is None:
             dout = torch.zeros_like(res_out)
-        # one fp32 gradient for the residual (or x alone), and a second copy only when x's dtype differs
+        # one gradient in the residual's dtype (x's when x is alone), and a second copy only where x's dtype differs
         first = ctx.res_dtype or ctx.x_dtype
         dtypes = (first,) if ctx.x_dtype in (None, first) else (first, ctx.x_dtype)
         dr, dr2, dweight = _bwd(_rows(dout, d), res_out, weight, rstd, ctx.eps, _rows(dres_out, d), dtypes,

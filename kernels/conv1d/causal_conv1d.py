@@ -82,14 +82,16 @@ def _width_pow2(args):
 class Conv1dConfig:
     """Launch shapes. block_t x block_d: the forward tile (powers of two) and warps its warps;
     bwd_block_t (any size) x bwd_block_d: the steps and channels each backward program walks, with
-    bwd_warps; state_block_d: channels per program of the small state kernels."""
+    bwd_warps; bwd_ahead: how many rows ahead (1 to 4) the walk loads x and dy, so that many rows of
+    loads are in flight per program; state_block_d: channels per program of the small state kernels."""
 
-    block_t: int = 64
+    block_t: int = 32
     block_d: int = 128
     warps: int = 4
     bwd_block_t: int = 512
     bwd_block_d: int = 128
     bwd_warps: int = 1
+    bwd_ahead: int = 3
     state_block_d: int = 128
 
     def __post_init__(self):
@@ -99,6 +101,8 @@ class Conv1dConfig:
                 raise ValueError(f"{name} must be a power of two, got {v}")
         if self.bwd_block_t < 1:
             raise ValueError(f"bwd_block_t must be positive, got {self.bwd_block_t}")
+        if not 1 <= self.bwd_ahead <= 4:
+            raise ValueError(f"bwd_ahead must be 1 to 4, got {self.bwd_ahead}")
 
 
 def _empty(*shape, dtype, device):
@@ -203,7 +207,7 @@ def _launch_final_state(x, init, cu, nseq, width, cfg):
 def _bwd_kernel(x_ptr, w_ptr, bias_ptr, init_ptr, seq_idx_ptr, cu_ptr, dy_ptr, dx_ptr, dw_ptr, db_ptr,
                 L, D, nblocks, stride_xb, stride_xl, stride_wd, stride_wk, stride_ib, stride_iw,
                 stride_dyb, stride_dyl, stride_dxb, stride_dxl,
-                W: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, SILU: tl.constexpr,
+                W: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, AHEAD: tl.constexpr, SILU: tl.constexpr,
                 HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, PACKED: tl.constexpr):
     # At row u: h_l is the input l rows back (h0 = x_u), g_l the pre-activation gradient l rows back, c_l the
     # weight applied to h_l (tap W-1-l) and w_k the weight of tap k. Row v = u - (W-1) is then complete:
@@ -279,16 +283,35 @@ def _bwd_kernel(x_ptr, w_ptr, bias_ptr, init_ptr, seq_idx_ptr, cu_ptr, dy_ptr, d
         g1 = zero
         g2 = zero
         g3 = zero
-        # each row's loads are issued a step ahead, so their latency overlaps a step of work
-        x_next = tl.load(x_seq + a * stride_xl, mask=tl.where(a < end, dmask, False), other=0.0)
-        dy_next = tl.load(dy_seq + a * stride_dyl, mask=tl.where(a < end, dmask, False), other=0.0)
+        # each row's loads are issued AHEAD rows early (kept in x's dtype until used), so their latency
+        # overlaps that many rows of work; rows past the sequence's end load as zeros
+        x1 = tl.load(x_seq + a * stride_xl, mask=tl.where(a < end, dmask, False), other=0.0)
+        dy1 = tl.load(dy_seq + a * stride_dyl, mask=tl.where(a < end, dmask, False), other=0.0)
+        if AHEAD >= 2:
+            x2 = tl.load(x_seq + (a + 1) * stride_xl, mask=tl.where(a + 1 < end, dmask, False), other=0.0)
+            dy2 = tl.load(dy_seq + (a + 1) * stride_dyl, mask=tl.where(a + 1 < end, dmask, False), other=0.0)
+        if AHEAD >= 3:
+            x3 = tl.load(x_seq + (a + 2) * stride_xl, mask=tl.where(a + 2 < end, dmask, False), other=0.0)
+            dy3 = tl.load(dy_seq + (a + 2) * stride_dyl, mask=tl.where(a + 2 < end, dmask, False), other=0.0)
+        if AHEAD >= 4:
+            x4 = tl.load(x_seq + (a + 3) * stride_xl, mask=tl.where(a + 3 < end, dmask, False), other=0.0)
+            dy4 = tl.load(dy_seq + (a + 3) * stride_dyl, mask=tl.where(a + 3 < end, dmask, False), other=0.0)
         stop = tl.where(b > a, b + (W - 1), a)  # the W-1 rows past b only complete dx of the block's last rows
-        for u in tl.range(a, stop):
-            h0 = x_next.to(tl.float32)
-            g0 = dy_next.to(tl.float32)  # zero past the sequence's end, where the loads are masked
-            ahead = tl.where(u + 1 < end, dmask, False)
-            x_next = tl.load(x_seq + (u + 1) * stride_xl, mask=ahead, other=0.0)
-            dy_next = tl.load(dy_seq + (u + 1) * stride_dyl, mask=ahead, other=0.0)
+        for u in tl.range(a, stop, loop_unroll_factor=AHEAD):
+            h0 = x1.to(tl.float32)
+            g0 = dy1.to(tl.float32)
+            r = u + AHEAD
+            xr = tl.load(x_seq + r * stride_xl, mask=tl.where(r < end, dmask, False), other=0.0)
+            dyr = tl.load(dy_seq + r * stride_dyl, mask=tl.where(r < end, dmask, False), other=0.0)
+            # the rows in flight move up one and the new row joins at the back
+            if AHEAD == 1:
+                x1, dy1 = xr, dyr
+            elif AHEAD == 2:
+                x1, dy1, x2, dy2 = x2, dy2, xr, dyr
+            elif AHEAD == 3:
+                x1, dy1, x2, dy2, x3, dy3 = x2, dy2, x3, dy3, xr, dyr
+            else:
+                x1, dy1, x2, dy2, x3, dy3, x4, dy4 = x2, dy2, x3, dy3, x4, dy4, xr, dyr
             if SILU:
                 pre = bias + c0 * h0 + c1 * h1
                 if W >= 3:
@@ -345,7 +368,8 @@ def _launch_bwd(x, w, bias, init, seq_idx, cu, dy, dx, activation, cfg):
             dw_ptr=dw_part, db_ptr=db_part, L=seqlen, D=dim, nblocks=nblocks, stride_xb=x.stride(0),
             stride_xl=x.stride(1), stride_wd=w.stride(0), stride_wk=w.stride(1), stride_ib=_stride(init, 0),
             stride_iw=_stride(init, 1), stride_dyb=dy.stride(0), stride_dyl=dy.stride(1), stride_dxb=dx.stride(0),
-            stride_dxl=dx.stride(1), W=width, BT=cfg.bwd_block_t, BD=cfg.bwd_block_d, SILU=activation == "silu",
+            stride_dxl=dx.stride(1), W=width, BT=cfg.bwd_block_t, BD=cfg.bwd_block_d, AHEAD=cfg.bwd_ahead,
+            SILU=activation == "silu",
             num_warps=cfg.bwd_warps)
     dweight = dw_part.sum((0, 1)).t()  # (D, W)
     dbias = None if bias is None else db_part.sum((0, 1))

@@ -83,7 +83,7 @@ def load_export(directory: str | os.PathLike, device: str | torch.device = "cpu"
                                     "and pytorch_model.bin are not read)")
     meta = _read_config(cfg_path)
     if "model_type" in meta:
-        cfg, hf_names, conv_bias = _config_from_hf(cfg_path, meta)
+        (cfg, conv_bias), hf_names = _config_from_hf(cfg_path, meta), True
     elif meta.get("format") == EXPORT_FORMAT:
         cfg, hf_names, conv_bias = _config_from_v1(cfg_path, meta), False, True
     else:
@@ -119,9 +119,9 @@ def _config_from_v1(path: str, meta: dict) -> MambaConfig:
     return _mamba_config(path, meta.get("model"), "model")
 
 
-def _config_from_hf(path: str, meta: dict) -> tuple[MambaConfig, bool, bool]:
-    """MambaConfig from transformers' fields (checked against the "dnamamba" key when there is one), whether
-    the weights use transformers' names (always), and whether they hold conv biases."""
+def _config_from_hf(path: str, meta: dict) -> tuple[MambaConfig, bool]:
+    """MambaConfig from transformers' fields (checked against the "dnamamba" key when there is one), and whether
+    the weights hold conv biases."""
     if meta["model_type"] != MODEL_TYPE:
         raise InputError(path, f"field model_type: {meta['model_type']!r} is not supported; dnamamba reads "
                                f"Mamba-1 models (model_type {MODEL_TYPE!r})")
@@ -148,7 +148,7 @@ def _config_from_hf(path: str, meta: dict) -> tuple[MambaConfig, bool, bool]:
         raise InputError(path, f"field intermediate_size: {json.dumps(meta['intermediate_size'])} is not expand "
                                f"x hidden_size = {derived['expand'] * derived['d_model']}")
     if DNAMAMBA_KEY not in meta:
-        return _build(path, derived, ""), True, conv_bias
+        return _build(path, derived, ""), conv_bias
     own = meta[DNAMAMBA_KEY]
     if not isinstance(own, dict):
         raise InputError(path, f"field {DNAMAMBA_KEY}: expected a JSON object, got {_json_kind(own)}")
@@ -160,7 +160,7 @@ def _config_from_hf(path: str, meta: dict) -> tuple[MambaConfig, bool, bool]:
         if getattr(cfg, ours) != derived[ours]:
             raise InputError(path, f"field {hf} ({json.dumps(derived[ours])}) disagrees with "
                                    f"{DNAMAMBA_KEY}.model.{ours} ({json.dumps(getattr(cfg, ours))})")
-    return cfg, True, conv_bias
+    return cfg, conv_bias
 
 
 def _mamba_config(path: str, data, where: str) -> MambaConfig:

@@ -129,7 +129,7 @@ def _fwd_kernel(x_ptr, w_ptr, bias_ptr, init_ptr, seq_idx_ptr, cu_ptr, y_ptr,
     if HAS_BIAS:
         acc = tl.broadcast_to(tl.load(bias_ptr + d, mask=dmask, other=0.0).to(tl.float32)[None, :], (BT, BD))
     else:
-        acc = tl.zeros((BT, BD), dtype=tl.float32)
+        acc = tl.full((BT, BD), 0.0, tl.float32)
     x_rows = x_ptr + pid_b * stride_xb + d[None, :]  # (1, BD)
     for k in tl.static_range(W):
         lag = W - 1 - k
@@ -216,7 +216,7 @@ def _bwd_kernel(x_ptr, w_ptr, bias_ptr, init_ptr, seq_idx_ptr, cu_ptr, dy_ptr, d
     pid_b = tl.program_id(2).to(tl.int64)
     d = tl.program_id(1) * BD + tl.arange(0, BD)  # (BD,)
     dmask = d < D
-    zero = tl.zeros((BD,), dtype=tl.float32)
+    zero = tl.full((BD,), 0.0, tl.float32)
     w_taps = w_ptr + d * stride_wd  # (BD,)
     w0 = tl.load(w_taps, mask=dmask, other=0.0).to(tl.float32)
     w1 = tl.load(w_taps + stride_wk, mask=dmask, other=0.0).to(tl.float32)
@@ -399,13 +399,13 @@ def _dinit_kernel(x_ptr, w_ptr, bias_ptr, init_ptr, cu_ptr, dy_ptr, dinit_ptr,
     init_seq = init_ptr + s * stride_ib + d
     j = tl.arange(0, WP)  # (WP,)
     jmask = j < W - 1
-    acc = tl.zeros((WP, BD), dtype=tl.float32)
+    acc = tl.full((WP, BD), 0.0, tl.float32)
     for r in tl.static_range(W - 1):
         live = tl.where(start + r < end, dmask, False)
         if HAS_BIAS:
             pre = tl.load(bias_ptr + d, mask=dmask, other=0.0).to(tl.float32)
         else:
-            pre = tl.zeros((BD,), dtype=tl.float32)
+            pre = tl.full((BD,), 0.0, tl.float32)
         for k in tl.static_range(W):
             q = r - (W - 1) + k  # the tap's position in the sequence; negative: an initial-state row
             if q >= 0:

@@ -126,10 +126,10 @@ def test_every_output_element_is_written(interpret, monkeypatch):
     """Outputs, final states and partial sums start as NaN: any element the kernels skip would surface."""
     monkeypatch.setattr(impl, "_empty", lambda *s, dtype, device: torch.full(s, float("nan"), dtype=dtype,
                                                                               device=device))
-    x, w, b, h0 = make_inputs(2, 67, 33, 4, seed=5)
+    x, w, b, h0 = make_inputs(2, 67, 17, 4, seed=5)
     assert_matches_reference(x, w, b, h0)
     cu = torch.tensor([0, 0, 2, 40, 40, 67])
-    x, w, b, h0 = make_inputs(1, 67, 33, 4, nseq=5, seed=6)
+    x, w, b, h0 = make_inputs(1, 67, 17, 4, nseq=5, seed=6)
     assert_matches_reference(x, w, b, h0, cu_seqlens=cu)
     assert_matches_reference(x, w, b, None, cu_seqlens=cu)
 
@@ -157,9 +157,10 @@ def test_streaming_in_pieces_equals_one_call(interpret, conv, width):
 @pytest.mark.parametrize("use_h0", [False, True])
 @pytest.mark.parametrize("activation", [None, "silu"])
 def test_packed_equals_separate_sequences(interpret, width, use_h0, activation):
-    """Packed sequences (with an empty one, one of a single step and one that crosses a backward block) give
-    each sequence's outputs, final state and gradients as if it ran alone."""
-    lengths = [5, 0, 1, 70, 2, 51]
+    """Packed sequences give each sequence's outputs, final state and gradients as if it ran alone: an empty one,
+    one of a single step, one that crosses the first backward block (64 steps) and ends one step after it, and
+    a two-step one that starts inside that block's halo."""
+    lengths = [5, 0, 1, 59, 2, 51]
     cu = torch.tensor([0] + lengths).cumsum(0)
     x, w, b, h0 = make_inputs(1, int(cu[-1]), 13, width, nseq=len(lengths), seed=7)
     h0 = h0 if use_h0 else None

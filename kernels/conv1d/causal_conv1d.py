@@ -14,9 +14,12 @@ Backward, `_bwd_kernel`: a program owns `bwd_block_t` steps x `bwd_block_d` chan
 order, one row at a time, keeping the last width-1 inputs and the last width-1 pre-activation gradients in
 registers. Each row's pre-activation, its SiLU derivative and its gradient are computed once (no (batch,
 seqlen, dim) temporaries); dx of a row is complete width-1 rows later, so the walk runs width-1 rows past
-its block (recomputing the next block's first rows). dweight and dbias are summed in registers over the
-block and written as one partial sum per program, reduced afterwards. `_dinit_kernel` gives the gradient of
-each sequence's initial state from its first width-1 rows. The final state gets no gradient.
+its block (recomputing the next block's first rows). A tiled backward would need every row's gradient at
+`width` shifts of the tile, so `width` sigmoids and width^2 shifted loads per element; the walk does one of
+each, and its loads are issued `bwd_ahead` rows early to keep enough bytes in flight. dweight and dbias are
+summed in registers over the block and written as one partial sum per program, reduced afterwards (no
+atomics). `_dinit_kernel` gives the gradient of each sequence's initial state from its first width-1 rows.
+The final state gets no gradient: it is a copy of inputs meant for the next call of a stream.
 
 Packed sequences (`cu_seqlens`, batch 1): the forward tile looks up each row's sequence and start in a
 per-step sequence index; the backward walk visits the sequences that overlap its block one after another,
@@ -129,7 +132,7 @@ def _fwd_kernel(x_ptr, w_ptr, bias_ptr, init_ptr, seq_idx_ptr, cu_ptr, y_ptr,
     if HAS_BIAS:
         acc = tl.broadcast_to(tl.load(bias_ptr + d, mask=dmask, other=0.0).to(tl.float32)[None, :], (BT, BD))
     else:
-        acc = tl.zeros((BT, BD), dtype=tl.float32)
+        acc = tl.full((BT, BD), 0.0, tl.float32)
     x_rows = x_ptr + pid_b * stride_xb + d[None, :]  # (1, BD)
     for k in tl.static_range(W):
         lag = W - 1 - k
@@ -216,7 +219,7 @@ def _bwd_kernel(x_ptr, w_ptr, bias_ptr, init_ptr, seq_idx_ptr, cu_ptr, dy_ptr, d
     pid_b = tl.program_id(2).to(tl.int64)
     d = tl.program_id(1) * BD + tl.arange(0, BD)  # (BD,)
     dmask = d < D
-    zero = tl.zeros((BD,), dtype=tl.float32)
+    zero = tl.full((BD,), 0.0, tl.float32)
     w_taps = w_ptr + d * stride_wd  # (BD,)
     w0 = tl.load(w_taps, mask=dmask, other=0.0).to(tl.float32)
     w1 = tl.load(w_taps + stride_wk, mask=dmask, other=0.0).to(tl.float32)
@@ -371,7 +374,7 @@ def _launch_bwd(x, w, bias, init, seq_idx, cu, dy, dx, activation, cfg):
             stride_dxl=dx.stride(1), W=width, BT=cfg.bwd_block_t, BD=cfg.bwd_block_d, AHEAD=cfg.bwd_ahead,
             SILU=activation == "silu",
             num_warps=cfg.bwd_warps)
-    dweight = dw_part.sum((0, 1)).t()  # (D, W)
+    dweight = dw_part.sum((0, 1)).t().contiguous()  # (D, W)
     dbias = None if bias is None else db_part.sum((0, 1))
     return dweight, dbias
 
@@ -399,13 +402,13 @@ def _dinit_kernel(x_ptr, w_ptr, bias_ptr, init_ptr, cu_ptr, dy_ptr, dinit_ptr,
     init_seq = init_ptr + s * stride_ib + d
     j = tl.arange(0, WP)  # (WP,)
     jmask = j < W - 1
-    acc = tl.zeros((WP, BD), dtype=tl.float32)
+    acc = tl.full((WP, BD), 0.0, tl.float32)
     for r in tl.static_range(W - 1):
         live = tl.where(start + r < end, dmask, False)
         if HAS_BIAS:
             pre = tl.load(bias_ptr + d, mask=dmask, other=0.0).to(tl.float32)
         else:
-            pre = tl.zeros((BD,), dtype=tl.float32)
+            pre = tl.full((BD,), 0.0, tl.float32)
         for k in tl.static_range(W):
             q = r - (W - 1) + k  # the tap's position in the sequence; negative: an initial-state row
             if q >= 0:
@@ -488,12 +491,13 @@ def _prepare(x, weight, bias, activation, initial_state, cu_seqlens, seq_idx):
     return w, bias, initial_state, cu_seqlens, seq_idx, nseq
 
 
-def causal_conv1d_fwd(x, weight, bias=None, activation=None, initial_state=None, *, cu_seqlens=None, seq_idx=None,
+def causal_conv1d_fwd(x, weight, bias=None, activation="silu", initial_state=None, *, cu_seqlens=None, seq_idx=None,
                       return_final_state=False, out=None, config: Conv1dConfig | None = None):
     """Forward launch, no autograd. Same arguments as `causal_conv1d` (keyword after initial_state), plus:
 
     seq_idx: (seqlen,) int32 sequence of each step (`sequence_index(cu_seqlens, seqlen)`), to reuse across calls.
-    out: (batch, seqlen, dim) tensor to write y into (last dim stride 1; may be a slice of a wider tensor).
+    out: (batch, seqlen, dim) tensor to write y into, in its dtype (last dim stride 1; may be a slice of a
+    wider tensor).
     config: launch shapes (`Conv1dConfig`).
     Returns y (batch, seqlen, dim) in x's dtype, or (y, final_state (batch|nseq, width-1, dim) in x's dtype).
     """
@@ -509,14 +513,15 @@ def causal_conv1d_fwd(x, weight, bias=None, activation=None, initial_state=None,
     return out, _launch_final_state(x, init, cu, nseq, w.shape[1], cfg)
 
 
-def causal_conv1d_bwd(x, weight, bias, dy, activation=None, initial_state=None, *, cu_seqlens=None, seq_idx=None,
+def causal_conv1d_bwd(x, weight, bias, dy, activation="silu", initial_state=None, *, cu_seqlens=None, seq_idx=None,
                       dx=None, config: Conv1dConfig | None = None):
     """Backward launch, no autograd: recomputes the pre-activation from x (nothing saved from the forward).
 
     x, weight, bias, activation, initial_state, cu_seqlens, seq_idx, config: as for `causal_conv1d_fwd`.
     dy: (batch, seqlen, dim) gradient of y, any float dtype.
-    dx: (batch, seqlen, dim) tensor to write dx into (last dim stride 1; may be a slice of a wider tensor).
-    Returns (dx in x's dtype, dweight fp32 in weight's shape, dbias (dim,) fp32 or None,
+    dx: (batch, seqlen, dim) tensor to write dx into, in its dtype (last dim stride 1; may be a slice of a
+    wider tensor).
+    Returns (dx (x's dtype unless given), dweight fp32 in weight's shape, dbias (dim,) fp32 or None,
     dinitial_state (batch|nseq, width-1, dim) fp32 or None). The final state has no gradient.
     """
     cfg = config or Conv1dConfig()
@@ -562,7 +567,8 @@ def causal_conv1d(x, weight, bias=None, activation="silu", initial_state=None, r
     x: (batch, seqlen, dim), last dim stride 1; fp32, fp16 or bf16 (float64 goes to the reference)
     weight: (dim, width) or (dim, 1, width); bias: (dim,) or None; activation: "silu" or None
     initial_state: (batch, width-1, dim), the inputs before x[:, 0]; with cu_seqlens (nseq, width-1, dim)
-    cu_seqlens: (nseq+1,) int, sequences packed along seqlen in batch 1; the conv never looks across a boundary
+    cu_seqlens: (nseq+1,) int, sequences packed along seqlen in batch 1; the conv never looks across a boundary.
+    Its values are not checked on the GPU (that would synchronise): they must rise from 0 to seqlen.
     Returns y (batch, seqlen, dim) in x's dtype, or (y, final_state (batch|nseq, width-1, dim) in x's dtype):
     the last width-1 inputs of each sequence, for the next piece of a stream. final_state has no gradient.
     Runs the Triton kernels on CUDA (and on CPU under TRITON_INTERPRET=1) for widths 2 to 4; float64,

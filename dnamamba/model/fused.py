@@ -29,21 +29,6 @@ def _compute_dtype(device: torch.device, default: torch.dtype) -> torch.dtype:
     return default
 
 
-def _conv_final_state(x: torch.Tensor, initial: torch.Tensor | None, width: int, cu_seqlens) -> torch.Tensor:
-    """The last width-1 conv inputs of each sequence, (batch|nseq, width-1, d_inner), for streaming."""
-    k = width - 1
-    B, L, D = x.shape
-    if cu_seqlens is None:
-        past = initial if initial is not None else x.new_zeros(B, k, D)
-        return torch.cat([past.to(x.dtype), x[:, max(0, L - k):]], dim=1)[:, -k:] if k else x[:, :0]
-    bounds = cu_seqlens.tolist()
-    out = []
-    for s, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
-        past = initial[s].to(x.dtype) if initial is not None else x.new_zeros(k, D)
-        out.append(torch.cat([past, x[0, max(a, b - k):b]], dim=0)[-k:] if k else x[0, :0])
-    return torch.stack(out)
-
-
 class FusedBlockFn(torch.autograd.Function):
     """residual_out = residual + x_prev; out = mixer(rmsnorm(residual_out)). Returns (out, residual_out,
     conv_final, ssm_final); the states are None unless asked for."""
@@ -60,7 +45,9 @@ class FusedBlockFn(torch.autograd.Function):
             w_in = in_w.to(dtype)  # (2 d_inner, d_model): rows [:d_inner] give x, the rest z
             x = F.linear(hn, w_in[:d_inner])  # (B, L, d_inner)
             z = F.linear(hn, w_in[d_inner:])  # (B, L, d_inner)
-            u = causal_conv1d_fwd(x, conv_w.view(d_inner, width), conv_b, conv_state, cu_seqlens)  # (B, L, d_inner)
+            u = causal_conv1d_fwd(x, conv_w.view(d_inner, width), conv_b, conv_state, cu_seqlens,
+                                  return_final_state=return_state)  # (B, L, d_inner)
+            u, conv_final = u if return_state else (u, None)  # conv_final (B|nseq, width-1, d_inner)
             x_dbl = F.linear(u, xproj_w.to(dtype))  # (B, L, r + 2n)
             delta = F.linear(x_dbl[..., :r], dtproj_w.to(dtype))  # (B, L, d_inner)
             Bm, Cm = _state_rows(x_dbl, r, n)  # (B, L, 1, n) fp32 each
@@ -69,7 +56,6 @@ class FusedBlockFn(torch.autograd.Function):
             y, ssm_final, saved = selective_scan_fwd(u, delta, A, Bm, Cm, D.float(), z, dtproj_b.float(), True, h0,
                                                      cu_seqlens)  # y (B, L, d_inner)
             out = F.linear(y, out_w.to(dtype))  # (B, L, d_model)
-            conv_final = _conv_final_state(x, conv_state, width, cu_seqlens) if return_state else None
         ctx.save_for_backward(residual_out, rstd, x_dbl, y, norm_w, in_w, conv_w, conv_b, xproj_w, dtproj_w, dtproj_b,
                               A_log, D, out_w, conv_state, h0, cu_seqlens)
         ctx.scan_saved = saved

@@ -37,9 +37,10 @@ def use_fused(fused, device: torch.device) -> bool:
     return bool(fused)
 
 
-def causal_conv1d_fwd(x, weight, bias, initial_state, cu_seqlens):
-    """Depthwise causal conv1d + SiLU, no autograd. x (B, L, D) -> (B, L, D)."""
-    return _conv_fwd(x, weight, bias, activation="silu", initial_state=initial_state, cu_seqlens=cu_seqlens)
+def causal_conv1d_fwd(x, weight, bias, initial_state, cu_seqlens, return_final_state=False):
+    """Depthwise causal conv1d + SiLU, no autograd. x (B, L, D) -> (B, L, D) [, final conv state]."""
+    return _conv_fwd(x, weight, bias, activation="silu", initial_state=initial_state, cu_seqlens=cu_seqlens,
+                     return_final_state=return_final_state)
 
 
 def causal_conv1d_bwd(x, weight, bias, dy, initial_state, cu_seqlens):

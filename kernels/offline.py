@@ -52,13 +52,13 @@ BENCH_LAUNCHES = {
 def launch_constexprs(name: str, explicit: dict, absent=ABSENT, shape=BENCH_SHAPE) -> dict:
     """Every constexpr of kernel `name` at a launch with the `explicit` ones, the pointers in `absent` passed as
     None, and the sizes of `shape`: the kernel's heuristics fill in the rest (unless `explicit` sets them)."""
-    args = {arg: None if arg in absent else arg for arg in KERNELS.jit(name).arg_names if arg.endswith("_ptr")}
+    jit = KERNELS.jit(name)
+    args = {arg: None if arg in absent else arg for arg in jit.arg_names if arg.endswith("_ptr")}
     args.update(shape)
     args.update(explicit)
     for key, heuristic in KERNELS.heuristics(name).items():
         if key not in explicit:
             args[key] = heuristic(args)
-    jit = KERNELS.jit(name)
     return {arg: args[arg] for i, arg in enumerate(jit.arg_names) if jit.params[i].is_constexpr}
 
 

@@ -38,7 +38,7 @@ def present(ptr: str):
 class Registry:
     def __init__(self):
         self._helpers: dict = {}  # name -> plain function the interpreter calls in its place
-        self._kernels: dict = {}  # name -> (plain kernel function, JITFunction, compiled launch object)
+        self._kernels: dict = {}  # name -> (plain function, JITFunction, compiled launch object, heuristics)
         self._interpreted: dict = {}
 
     def helper(self, interpreted=None):

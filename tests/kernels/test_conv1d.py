@@ -8,17 +8,17 @@ compiled kernels at the benchmark's shape.
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 import pytest
 import torch
-from Bio import SeqIO
 
 from dnamamba_kernels.conv1d import (Conv1dConfig, causal_conv1d, causal_conv1d_bwd, causal_conv1d_fwd,
                                      causal_conv1d_ref, sequence_index)
 
-from support import FIXTURES
-
 impl = importlib.import_module("dnamamba_kernels.conv1d.causal_conv1d")
+# the GPU tests run with only torch and triton installed (bench/README.md), so this module imports nothing else
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 SMALL = Conv1dConfig(block_t=64, block_d=16, warps=1, bwd_block_t=64, bwd_block_d=16, state_block_d=16)
 # float32 kernels against float64 on the same values; half-precision outputs are rounded once more
@@ -193,6 +193,7 @@ def one_hot_dna(seq: str) -> torch.Tensor:
 
 def test_real_dna_packed_across_an_assembly_gap(interpret):
     """One-hot bases of both chr20 excerpts around their N-gap edges, packed, against the reference."""
+    SeqIO = pytest.importorskip("Bio.SeqIO")
     records = [str(r.seq) for r in SeqIO.parse(FIXTURES / "chr20_n_boundary.fa", "fasta")]
     windows = [records[0][1960:2050], records[1][1990:2020]]  # N run then bases; bases then N run
     assert set(windows[0][:40]) == {"N"} and "N" not in windows[0][40:] and set(windows[1][18:]) == {"N"}

@@ -33,8 +33,7 @@ L, DIM, WIDTH = 2 ** 20, 512, 4
 VARIANTS = {
     "fwd block_t=16": dict(block_t=16), "fwd block_t=64": dict(block_t=64),
     "fwd block_d=256 warps=8": dict(block_d=256, warps=8), "fwd block_d=64 warps=2": dict(block_d=64, warps=2),
-    "bwd ahead=1": dict(bwd_ahead=1), "bwd ahead=2": dict(bwd_ahead=2), "bwd ahead=4": dict(bwd_ahead=4),
-    "bwd block_t=256": dict(bwd_block_t=256), "bwd block_t=1024": dict(bwd_block_t=1024),
+    "bwd block_t=4": dict(bwd_block_t=4), "bwd block_t=16": dict(bwd_block_t=16),
     "bwd block_d=64": dict(bwd_block_d=64), "bwd block_d=256 warps=2": dict(bwd_block_d=256, bwd_warps=2),
 }
 

@@ -10,23 +10,20 @@ read of x and one write of y. A tap that reaches before its sequence's start rea
 `_final_state_kernel` copies each sequence's last width-1 inputs (from the initial state where the sequence
 is shorter).
 
-Backward, `_bwd_kernel`: a program owns `bwd_block_t` steps x `bwd_block_d` channels and walks them in time
-order, one row at a time, keeping the last width-1 inputs and the last width-1 pre-activation gradients in
-registers. Each row's pre-activation, its SiLU derivative and its gradient are computed once (no (batch,
-seqlen, dim) temporaries); dx of a row is complete width-1 rows later, so the walk runs width-1 rows past
-its block (recomputing the next block's first rows). A tiled backward would need every row's gradient at
-`width` shifts of the tile, so `width` sigmoids and width^2 shifted loads per element; the walk does one of
-each, and its loads are issued `bwd_ahead` rows early to keep enough bytes in flight. dweight and dbias are
-summed in registers over the block and written as one partial sum per program, reduced afterwards (no
-atomics). `_dinit_kernel` gives the gradient of each sequence's initial state from its first width-1 rows.
+Backward, `_bwd_kernel`: a program owns a tile of `bwd_block_t` steps x `bwd_block_d` channels. dx_t needs the
+pre-activation gradient g at rows t..t+width-1, and a tile cannot shift values across its rows, so the program
+rebuilds pre, and g, at each of those `width` row offsets from shifted loads of x and dy (the repeats hit L1,
+so DRAM sees one read of x and dy and one write of dx). That costs `width` sigmoids per element, which the
+special-function units absorb at this op's bytes per element. dweight and dbias are summed over the tile's rows
+and written as one partial sum per program, reduced afterwards (no atomics, no (batch, seqlen, dim)
+temporaries). `_dinit_kernel` gives the gradient of each sequence's initial state from its first width-1 rows.
 The final state gets no gradient: it is a copy of inputs meant for the next call of a stream.
 
 Packed sequences (`cu_seqlens`, batch 1): the forward tile looks up each row's sequence and start in a
-per-step sequence index; the backward walk visits the sequences that overlap its block one after another,
-restarting its history from the sequence's initial state (or zeros). Offsets that scale with seqlen are
+per-step sequence index, and so does the backward tile, for the rows its g may come from too. Offsets that scale with seqlen are
 int64, so tensors of more than 2^31 elements are addressed correctly.
 
-The kernels cover widths 2 to 4 (mamba's d_conv; the history is held in named registers).
+The kernels cover widths 2 to 4 (mamba's d_conv).
 """
 from __future__ import annotations
 
@@ -41,6 +38,9 @@ from triton.runtime.jit import JITFunction
 from .naive import causal_conv1d_ref, check_activation, weight_2d
 
 MIN_WIDTH, MAX_WIDTH = 2, 4
+# Triton's own sum combine: tl.sum is a jit function bound at triton's import to compiled mode, which the
+# interpreter cannot call, while it runs tl.reduce with this combine through numpy.
+_add = tl.standard._sum_combine
 
 
 def interpreting() -> bool:
@@ -84,28 +84,23 @@ def _width_pow2(args):
 @dataclass(frozen=True)
 class Conv1dConfig:
     """Launch shapes. block_t x block_d: the forward tile (powers of two) and warps its warps;
-    bwd_block_t (any size) x bwd_block_d: the steps and channels each backward program walks, with
-    bwd_warps; bwd_ahead: how many rows ahead (1 to 4) the walk loads x and dy, so that many rows of
-    loads are in flight per program; state_block_d: channels per program of the small state kernels."""
+    bwd_block_t x bwd_block_d: the backward tile (powers of two) and bwd_warps its warps (8 x 128 over 4
+    warps compiles to 158 registers for sm_90 without spills; 16 or 32 rows spill); state_block_d: channels
+    per program of the small state kernels."""
 
     block_t: int = 32
     block_d: int = 128
     warps: int = 4
-    bwd_block_t: int = 512
+    bwd_block_t: int = 8
     bwd_block_d: int = 128
-    bwd_warps: int = 1
-    bwd_ahead: int = 3
+    bwd_warps: int = 4
     state_block_d: int = 128
 
     def __post_init__(self):
-        for name in ("block_t", "block_d", "bwd_block_d", "state_block_d"):
+        for name in ("block_t", "block_d", "bwd_block_t", "bwd_block_d", "state_block_d"):
             v = getattr(self, name)
             if v < 1 or v & (v - 1):
                 raise ValueError(f"{name} must be a power of two, got {v}")
-        if self.bwd_block_t < 1:
-            raise ValueError(f"bwd_block_t must be positive, got {self.bwd_block_t}")
-        if not 1 <= self.bwd_ahead <= 4:
-            raise ValueError(f"bwd_ahead must be 1 to 4, got {self.bwd_ahead}")
 
 
 def _empty(*shape, dtype, device):
@@ -210,151 +205,75 @@ def _launch_final_state(x, init, cu, nseq, width, cfg):
 def _bwd_kernel(x_ptr, w_ptr, bias_ptr, init_ptr, seq_idx_ptr, cu_ptr, dy_ptr, dx_ptr, dw_ptr, db_ptr,
                 L, D, nblocks, stride_xb, stride_xl, stride_wd, stride_wk, stride_ib, stride_iw,
                 stride_dyb, stride_dyl, stride_dxb, stride_dxl,
-                W: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, AHEAD: tl.constexpr, SILU: tl.constexpr,
+                W: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, SILU: tl.constexpr,
                 HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, PACKED: tl.constexpr):
-    # At row u: h_l is the input l rows back (h0 = x_u), g_l the pre-activation gradient l rows back, c_l the
-    # weight applied to h_l (tap W-1-l) and w_k the weight of tap k. Row v = u - (W-1) is then complete:
-    #   pre_u = bias + sum_l c_l h_l,   dx_v = sum_k w_k g_k,   dweight[:, W-1-l] += g_0 h_l,   dbias += g_0
-    pid_t = tl.program_id(0).to(tl.int64)
+    # dx_t = sum_k w_k g_{t+W-1-k} with g_r = dy_r * act'(pre_r). A tile cannot shift g across its rows, so each
+    # program rebuilds pre, and g, at the W row offsets j = W-1-k it needs from shifted loads of x (the repeats
+    # hit L1); dweight and dbias are per-program partial sums over its rows, reduced by the launcher.
+    pid_t = tl.program_id(0)
     pid_b = tl.program_id(2).to(tl.int64)
+    t = pid_t.to(tl.int64) * BT + tl.arange(0, BT)  # (BT,) int64
     d = tl.program_id(1) * BD + tl.arange(0, BD)  # (BD,)
+    tmask = t < L
     dmask = d < D
-    zero = tl.full((BD,), 0.0, tl.float32)
-    w_taps = w_ptr + d * stride_wd  # (BD,)
-    w0 = tl.load(w_taps, mask=dmask, other=0.0).to(tl.float32)
-    w1 = tl.load(w_taps + stride_wk, mask=dmask, other=0.0).to(tl.float32)
-    c0 = tl.load(w_taps + (W - 1) * stride_wk, mask=dmask, other=0.0).to(tl.float32)
-    c1 = tl.load(w_taps + (W - 2) * stride_wk, mask=dmask, other=0.0).to(tl.float32)
-    w2 = zero
-    w3 = zero
-    c2 = zero
-    c3 = zero
-    if W >= 3:
-        w2 = tl.load(w_taps + 2 * stride_wk, mask=dmask, other=0.0).to(tl.float32)
-        c2 = tl.load(w_taps + (W - 3) * stride_wk, mask=dmask, other=0.0).to(tl.float32)
-    if W >= 4:
-        w3 = tl.load(w_taps + 3 * stride_wk, mask=dmask, other=0.0).to(tl.float32)
-        c3 = tl.load(w_taps + (W - 4) * stride_wk, mask=dmask, other=0.0).to(tl.float32)
+    if PACKED:
+        seq = tl.load(seq_idx_ptr + t, mask=tmask, other=0).to(tl.int64)  # (BT,)
+        start = tl.load(cu_ptr + seq, mask=tmask, other=0).to(tl.int64)  # (BT,) the row's sequence bounds
+        end = tl.load(cu_ptr + seq + 1, mask=tmask, other=0).to(tl.int64)
+        init_row = seq[:, None] * stride_ib  # (BT, 1)
+    else:
+        start = t * 0
+        end = t * 0 + L
+        init_row = pid_b * stride_ib
+    p = t - start  # (BT,) position in its sequence
+    x_rows = x_ptr + pid_b * stride_xb + d[None, :]  # (1, BD)
+    dy_rows = dy_ptr + pid_b * stride_dyb + d[None, :]  # (1, BD)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + d, mask=dmask, other=0.0).to(tl.float32)
     else:
-        bias = zero
-    t0 = pid_t * BT
-    t1 = tl.minimum(t0 + BT, L)
-    if PACKED:
-        s_first = tl.load(seq_idx_ptr + t0).to(tl.int64)
-        s_last = tl.load(seq_idx_ptr + t1 - 1).to(tl.int64)
-        x_seq = x_ptr + d
-        dy_seq = dy_ptr + d
-        dx_seq = dx_ptr + d
-    else:
-        s_first = pid_b
-        s_last = pid_b
-        x_seq = x_ptr + pid_b * stride_xb + d
-        dy_seq = dy_ptr + pid_b * stride_dyb + d
-        dx_seq = dx_ptr + pid_b * stride_dxb + d
-    dc0 = zero  # dweight by lag l: tap W-1-l
-    dc1 = zero
-    dc2 = zero
-    dc3 = zero
-    db = zero
-    for s in tl.range(s_first, s_last + 1):
-        if PACKED:
-            start = tl.load(cu_ptr + s).to(tl.int64)
-            end = tl.load(cu_ptr + s + 1).to(tl.int64)
-        else:
-            start = t0 * 0
-            end = t0 * 0 + L
-        a = tl.maximum(t0, start)  # this block's rows of the sequence: [a, b)
-        b = tl.minimum(t1, end)
-        # the inputs before row a, from x or (before the sequence's start) from its initial state
-        h1 = zero
-        h2 = zero
-        h3 = zero
-        for lag in tl.static_range(1, W):
-            r = a - lag
-            hv = tl.load(x_seq + r * stride_xl, mask=tl.where(r >= start, dmask, False), other=0.0).to(tl.float32)
-            if HAS_INIT:
-                hv += tl.load(init_ptr + s * stride_ib + (r - start + W - 1) * stride_iw + d,
-                              mask=tl.where(r < start, dmask, False), other=0.0).to(tl.float32)
-            if lag == 1:
-                h1 = hv
-            elif lag == 2:
-                h2 = hv
-            else:
-                h3 = hv
-        g1 = zero
-        g2 = zero
-        g3 = zero
-        # each row's loads are issued AHEAD rows early (kept in x's dtype until used), so their latency
-        # overlaps that many rows of work; rows past the sequence's end load as zeros
-        x1 = tl.load(x_seq + a * stride_xl, mask=tl.where(a < end, dmask, False), other=0.0)
-        dy1 = tl.load(dy_seq + a * stride_dyl, mask=tl.where(a < end, dmask, False), other=0.0)
-        if AHEAD >= 2:
-            x2 = tl.load(x_seq + (a + 1) * stride_xl, mask=tl.where(a + 1 < end, dmask, False), other=0.0)
-            dy2 = tl.load(dy_seq + (a + 1) * stride_dyl, mask=tl.where(a + 1 < end, dmask, False), other=0.0)
-        if AHEAD >= 3:
-            x3 = tl.load(x_seq + (a + 2) * stride_xl, mask=tl.where(a + 2 < end, dmask, False), other=0.0)
-            dy3 = tl.load(dy_seq + (a + 2) * stride_dyl, mask=tl.where(a + 2 < end, dmask, False), other=0.0)
-        if AHEAD >= 4:
-            x4 = tl.load(x_seq + (a + 3) * stride_xl, mask=tl.where(a + 3 < end, dmask, False), other=0.0)
-            dy4 = tl.load(dy_seq + (a + 3) * stride_dyl, mask=tl.where(a + 3 < end, dmask, False), other=0.0)
-        stop = tl.where(b > a, b + (W - 1), a)  # the W-1 rows past b only complete dx of the block's last rows
-        for u in tl.range(a, stop, loop_unroll_factor=AHEAD):
-            h0 = x1.to(tl.float32)
-            g0 = dy1.to(tl.float32)
-            r = u + AHEAD
-            xr = tl.load(x_seq + r * stride_xl, mask=tl.where(r < end, dmask, False), other=0.0)
-            dyr = tl.load(dy_seq + r * stride_dyl, mask=tl.where(r < end, dmask, False), other=0.0)
-            # the rows in flight move up one and the new row joins at the back
-            if AHEAD == 1:
-                x1, dy1 = xr, dyr
-            elif AHEAD == 2:
-                x1, dy1, x2, dy2 = x2, dy2, xr, dyr
-            elif AHEAD == 3:
-                x1, dy1, x2, dy2, x3, dy3 = x2, dy2, x3, dy3, xr, dyr
-            else:
-                x1, dy1, x2, dy2, x3, dy3, x4, dy4 = x2, dy2, x3, dy3, x4, dy4, xr, dyr
-            if SILU:
-                pre = bias + c0 * h0 + c1 * h1
-                if W >= 3:
-                    pre += c2 * h2
-                if W >= 4:
-                    pre += c3 * h3
-                sig = 1.0 / (1.0 + tl.exp2(pre * -1.4426950408889634))
-                g0 = g0 * sig * (1.0 + pre * (1.0 - sig))
-            own = tl.where(u < b, g0, 0.0)  # rows past b belong to the next block's sums
-            db += own
-            dc0 += own * h0
-            dc1 += own * h1
-            if W >= 3:
-                dc2 += own * h2
-            if W >= 4:
-                dc3 += own * h3
-            dxv = w0 * g0 + w1 * g1
-            if W >= 3:
-                dxv += w2 * g2
-            if W >= 4:
-                dxv += w3 * g3
-            v = u - (W - 1)
-            tl.store(dx_seq + v * stride_dxl, dxv.to(dx_ptr.dtype.element_ty), mask=tl.where(v >= a, dmask, False))
-            if W >= 4:
-                h3 = h2
-                g3 = g2
-            if W >= 3:
-                h2 = h1
-                g2 = g1
-            h1 = h0
-            g1 = g0
+        bias = tl.full((BD,), 0.0, tl.float32)
+    dx = tl.full((BT, BD), 0.0, tl.float32)
+    g0 = tl.full((BT, BD), 0.0, tl.float32)  # g at the tile's own rows, for dweight and dbias
+    for j in tl.static_range(W):
+        r = t + j  # (BT,) rows whose g reaches dx_t through tap W-1-j
+        rmask = tmask & (r < end)
+        g = tl.load(dy_rows + r[:, None] * stride_dyl, mask=rmask[:, None] & dmask[None, :],
+                    other=0.0).to(tl.float32)  # (BT, BD)
+        if SILU:
+            pre = tl.broadcast_to(bias[None, :], (BT, BD))
+            for m in tl.static_range(W):
+                q = p + (j - (W - 1) + m)  # (BT,) position of the input tap m reads for row r
+                inside = rmask & (q >= 0)
+                xv = tl.load(x_rows + (r - (W - 1) + m)[:, None] * stride_xl,
+                             mask=inside[:, None] & dmask[None, :], other=0.0).to(tl.float32)
+                if HAS_INIT:
+                    before = rmask & (q < 0)
+                    xv += tl.load(init_ptr + init_row + (q + (W - 1))[:, None] * stride_iw + d[None, :],
+                                  mask=before[:, None] & dmask[None, :],
+                                  other=0.0).to(tl.float32)
+                wm = tl.load(w_ptr + d * stride_wd + m * stride_wk, mask=dmask, other=0.0).to(tl.float32)
+                pre += wm[None, :] * xv
+            sig = 1.0 / (1.0 + tl.exp2(pre * -1.4426950408889634))
+            g = g * sig * (1.0 + pre * (1.0 - sig))
+        wk = tl.load(w_ptr + d * stride_wd + (W - 1 - j) * stride_wk, mask=dmask, other=0.0).to(tl.float32)
+        dx += wk[None, :] * g
+        if j == 0:
+            g0 = g
+    tl.store(dx_ptr + pid_b * stride_dxb + t[:, None] * stride_dxl + d[None, :], dx.to(dx_ptr.dtype.element_ty),
+             mask=tmask[:, None] & dmask[None, :])
     part = dw_ptr + (pid_b * nblocks + pid_t) * W * D + d  # (BD,) this program's (W, D) partial sums
-    tl.store(part + (W - 1) * D, dc0, mask=dmask)
-    tl.store(part + (W - 2) * D, dc1, mask=dmask)
-    if W >= 3:
-        tl.store(part + (W - 3) * D, dc2, mask=dmask)
-    if W >= 4:
-        tl.store(part + (W - 4) * D, dc3, mask=dmask)
+    for m in tl.static_range(W):
+        q = p + (m - (W - 1))  # (BT,) position of the input tap m reads for row t
+        inside = tmask & (q >= 0)
+        xv = tl.load(x_rows + (t - (W - 1) + m)[:, None] * stride_xl,
+                     mask=inside[:, None] & dmask[None, :], other=0.0).to(tl.float32)
+        if HAS_INIT:
+            before = tmask & (q < 0)
+            xv += tl.load(init_ptr + init_row + (q + (W - 1))[:, None] * stride_iw + d[None, :],
+                          mask=before[:, None] & dmask[None, :], other=0.0).to(tl.float32)
+        tl.store(part + m * D, tl.reduce(g0 * xv, 0, _add), mask=dmask)
     if HAS_BIAS:
-        tl.store(db_ptr + (pid_b * nblocks + pid_t) * D + d, db, mask=dmask)
+        tl.store(db_ptr + (pid_b * nblocks + pid_t) * D + d, tl.reduce(g0, 0, _add), mask=dmask)
 
 
 def _launch_bwd(x, w, bias, init, seq_idx, cu, dy, dx, activation, cfg):
@@ -371,8 +290,7 @@ def _launch_bwd(x, w, bias, init, seq_idx, cu, dy, dx, activation, cfg):
             dw_ptr=dw_part, db_ptr=db_part, L=seqlen, D=dim, nblocks=nblocks, stride_xb=x.stride(0),
             stride_xl=x.stride(1), stride_wd=w.stride(0), stride_wk=w.stride(1), stride_ib=_stride(init, 0),
             stride_iw=_stride(init, 1), stride_dyb=dy.stride(0), stride_dyl=dy.stride(1), stride_dxb=dx.stride(0),
-            stride_dxl=dx.stride(1), W=width, BT=cfg.bwd_block_t, BD=cfg.bwd_block_d, AHEAD=cfg.bwd_ahead,
-            SILU=activation == "silu",
+            stride_dxl=dx.stride(1), W=width, BT=cfg.bwd_block_t, BD=cfg.bwd_block_d, SILU=activation == "silu",
             num_warps=cfg.bwd_warps)
     dweight = dw_part.sum((0, 1)).t().contiguous()  # (D, W)
     dbias = None if bias is None else db_part.sum((0, 1))

@@ -96,12 +96,11 @@ def test_half_precision_and_default_launch_shapes(interpret):
     assert_matches_reference(x, w, b, h0, conv=causal_conv1d)
 
 
-@pytest.mark.parametrize("ahead", [1, 2, 4])
-def test_backward_rows_in_flight(interpret, ahead):
-    """Each depth of the backward's row prefetch, on a walk whose block is not a multiple of it."""
-    cfg = Conv1dConfig(block_t=16, block_d=8, warps=1, bwd_block_t=13, bwd_block_d=8, bwd_ahead=ahead,
-                       state_block_d=8)
-    x, w, b, h0 = make_inputs(2, 45, 9, 4, seed=ahead)
+@pytest.mark.parametrize("bwd_block_t", [1, 2, 8])
+def test_backward_tiles_shorter_than_the_width(interpret, bwd_block_t):
+    """Backward tiles of 1, 2 and 8 rows: every tile rebuilds g beyond its own rows (width-1 of them)."""
+    cfg = Conv1dConfig(block_t=16, block_d=8, warps=1, bwd_block_t=bwd_block_t, bwd_block_d=8, state_block_d=8)
+    x, w, b, h0 = make_inputs(2, 45, 9, 4, seed=bwd_block_t)
     assert_matches_reference(x, w, b, h0, conv=lambda *a, **k: causal_conv1d(*a, config=cfg, **k))
 
 

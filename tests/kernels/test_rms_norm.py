@@ -199,9 +199,12 @@ def test_bad_input(interpret):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_matches_reference(d, which, launch):
-    """The compiled kernels against float64, at 1001 rows (odd, past several blocks and backward programs)."""
+    """The compiled kernels against float64, at 1001 rows (odd, past several blocks and backward programs). The
+    weight gradient is a sum over all rows of products with the hardware's approximate rsqrt, so its fp32 error
+    is larger than a single row's: 1.5e-5 absolute (4.8e-5 relative) was seen on the H200."""
     x, res, w = make((7, 143), d, which=which, seed=d)
-    compare(*(None if t is None else t.cuda() for t in (x, res, w)), TOL[torch.float32], launch=launch)
+    compare(*(None if t is None else t.cuda() for t in (x, res, w)), TOL[torch.float32], launch=launch,
+            weight_tol=dict(rtol=1e-4, atol=1e-4))
 
 
 @pytest.mark.gpu

@@ -39,12 +39,12 @@ class TrainingMonitor(pl.Callback):
         (t0, n0), (t1, n1) = self._marks[0], self._marks[-1]
         log = {"train/tokens": float(self.tokens), "train/seq_len": float(tokens.shape[1])}
         if t1 > t0:
-            log["train/tokens_per_s"] = (n1 - n0) / (t1 - t0)
+            # Rank 0 speaks for all: every rank trains on as many tokens, so no collective is needed.
+            pl_module.log("train/tokens_per_s", (n1 - n0) / (t1 - t0), prog_bar=True, rank_zero_only=True)
         if trainer.optimizers:
             log["train/lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
         if tokens.is_cuda:
             log["train/peak_memory_gb"] = torch.cuda.max_memory_allocated(tokens.device) / 1e9
-        # Every rank holds the same values, so no reduction across ranks is needed.
         pl_module.log_dict(log, on_step=True, on_epoch=False, rank_zero_only=True)
 
     def on_validation_end(self, trainer, pl_module):

@@ -6,7 +6,7 @@ import os
 import pytest
 from omegaconf import open_dict
 
-from support import SHRINK, compose_config
+from support import SHRINK, assert_one_line_error, compose_config, run_cli
 from dnamamba.errors import InputError
 
 import dnamamba.pipelines.pretrain as pretrain
@@ -119,3 +119,15 @@ def test_resume_auto_needs_a_fixed_run_dir():
     cfg = compose_config("pretrain", [*SHRINK, "resume=auto"])  # run_dir: the timestamped default
     with pytest.raises(InputError, match="resume=auto needs run_dir=DIR"):
         pretrain.run(cfg)
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["resume=auto"], "resume=auto needs run_dir=DIR"),
+    (["run_dir=r", "data.seq_len=1024", "data.tokens_per_step=1536"], "data.tokens_per_step=1536"),
+    (["run_dir=r", "data.seq_len_warmup.start=100", "data.seq_len_warmup.steps=10"], "data.seq_len_warmup"),
+])
+def test_cli_errors_are_one_line(tmp_path, overrides, expected):
+    proc = run_cli("pretrain", tmp_path, *overrides)
+    assert proc.returncode == 2
+    assert_one_line_error(proc, expected)
+    assert not list(tmp_path.glob("**/checkpoints"))

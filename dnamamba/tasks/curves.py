@@ -21,6 +21,8 @@ from dnamamba.io import atomic_path
 TRAIN_KEY = "train/bits_per_base"
 VAL_KEY = "val/bits_per_base"
 TOKENS_KEY = "train/tokens"  # logged by TrainingMonitor, which must run before this callback
+# Blue and red are the model's curves.
+BASELINE_COLORS = ("tab:green", "tab:purple", "tab:brown", "tab:olive", "tab:gray", "tab:cyan", "tab:orange")
 
 
 def plot_curves(path: str, train: list[dict], val: list[dict], baselines: Mapping[str, float] | None = None,
@@ -41,7 +43,7 @@ def plot_curves(path: str, train: list[dict], val: list[dict], baselines: Mappin
             ax.plot([p[x] for p in val], [p["bits_per_base"] for p in val], color="tab:red", marker="o", ms=3,
                     lw=1.5, label="validation")
         for i, (name, bpb) in enumerate(sorted((baselines or {}).items(), key=lambda kv: -kv[1])):
-            ax.axhline(bpb, color=f"C{(i + 2) % 10}", ls="--", lw=1, label=f"{name} ({bpb:.3f})")
+            ax.axhline(bpb, color=BASELINE_COLORS[i % len(BASELINE_COLORS)], ls="--", lw=1, label=f"{name} ({bpb:.3f})")
         ax.set_xlabel("optimizer step" if x == "step" else "tokens")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("bits per base")

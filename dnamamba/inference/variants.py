@@ -46,7 +46,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections import Counter, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
@@ -223,15 +223,16 @@ def classify_alt(alt: str | None) -> str | None:
 
 
 class _Reference:
-    """FASTA reads for scoring, soft-masking applied. A span of about a megabase around each read is
-    kept, so the windows of sorted variants come from memory."""
+    """FASTA reads for scoring, soft-masking applied, served from aligned megabase chunks that are kept
+    (the last 256 of them), so the checks and the windows of nearby variants read the file once."""
 
-    SPAN = 1 << 20
+    CHUNK = 1 << 20
+    KEEP = 256
 
     def __init__(self, fasta: FastaFile, soft_mask: str):
         self.fasta, self.upper = fasta, soft_mask == "upper"
         self.path = fasta.path
-        self._chrom, self._lo, self._seq = None, 0, b""
+        self._chunks: OrderedDict[tuple[str, int], bytes] = OrderedDict()
 
     def __contains__(self, chrom) -> bool:
         return chrom in self.fasta
@@ -240,11 +241,19 @@ class _Reference:
         return self.fasta.lengths[chrom]
 
     def fetch(self, chrom: str, lo: int, hi: int) -> bytes:
-        if chrom != self._chrom or lo < self._lo or hi > self._lo + len(self._seq):
-            end = min(self.length(chrom), max(hi, lo + self.SPAN))
-            seq = self.fasta.fetch(chrom, lo, end)
-            self._chrom, self._lo, self._seq = chrom, lo, seq.upper() if self.upper else seq
-        return self._seq[lo - self._lo:hi - self._lo]
+        C = self.CHUNK
+        return b"".join(self._chunk(chrom, k)[max(lo - k * C, 0):hi - k * C] for k in range(lo // C, (hi - 1) // C + 1))
+
+    def _chunk(self, chrom: str, k: int) -> bytes:
+        key = (chrom, k)
+        if key in self._chunks:
+            self._chunks.move_to_end(key)
+        else:
+            seq = self.fasta.fetch(chrom, k * self.CHUNK, min(self.length(chrom), (k + 1) * self.CHUNK))
+            self._chunks[key] = seq.upper() if self.upper else seq
+            if len(self._chunks) > self.KEEP:
+                self._chunks.popitem(last=False)
+        return self._chunks[key]
 
 
 @dataclass
@@ -414,11 +423,11 @@ def score_vcf(cfg: ScoreVariantsConfig) -> dict:
             selection = Selection.parse(cfg.regions, cfg.shard, fasta)
             total = _prescan(source, selection, fasta, cfg)
             model = load_export(cfg.model, device)
+            reference = _Reference(fasta, cfg.soft_mask)
             source.open()
             try:
                 with write_errors(cfg.out):
-                    summary = _score_records(cfg, kind, model, device, _Reference(fasta, cfg.soft_mask), source,
-                                             selection, total)
+                    summary = _score_records(cfg, kind, model, device, reference, source, selection, total)
             finally:
                 source.close()
     finally:

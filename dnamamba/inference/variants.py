@@ -223,11 +223,11 @@ def classify_alt(alt: str | None) -> str | None:
 
 
 class _Reference:
-    """FASTA reads for scoring, soft-masking applied, served from aligned megabase chunks that are kept
-    (the last 256 of them), so the checks and the windows of nearby variants read the file once."""
+    """FASTA reads for scoring, soft-masking applied, served from aligned chunks of 64 kb that are kept
+    (the last 4096 of them, 256 MB), so the checks and the windows of nearby variants read the file once."""
 
-    CHUNK = 1 << 20
-    KEEP = 256
+    CHUNK = 1 << 16
+    KEEP = 1 << 12
 
     def __init__(self, fasta: FastaFile, soft_mask: str):
         self.fasta, self.upper = fasta, soft_mask == "upper"

@@ -306,7 +306,7 @@ def contig_problem(contigs: Counter, fasta: FastaFile) -> Optional[str]:
         c, t = pairs[0]
         return (f"{message}: the names differ by a 'chr' prefix ({c!r} here, {t!r} in the FASTA); rename "
                 f"the contigs (bcftools annotate --rename-chrs) or use a FASTA named like the variants")
-    return f"{message}; are both from the same assembly, with the same contig names (a 'chr' prefix)?"
+    return f"{message}; are the variants and the FASTA from the same assembly, with contigs named alike?"
 
 
 class VcfWriter:

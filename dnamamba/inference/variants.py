@@ -242,7 +242,10 @@ class _Reference:
 
     def fetch(self, chrom: str, lo: int, hi: int) -> bytes:
         C = self.CHUNK
-        return b"".join(self._chunk(chrom, k)[max(lo - k * C, 0):hi - k * C] for k in range(lo // C, (hi - 1) // C + 1))
+        first, last = lo // C, max(lo, hi - 1) // C
+        if first == last:
+            return self._chunk(chrom, first)[lo - first * C:hi - first * C]
+        return b"".join(self._chunk(chrom, k)[max(lo - k * C, 0):hi - k * C] for k in range(first, last + 1))
 
     def _chunk(self, chrom: str, k: int) -> bytes:
         key = (chrom, k)

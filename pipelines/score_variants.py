@@ -1,11 +1,13 @@
-"""`dnamamba score-variants`: a zero-shot log-likelihood ratio for every ALT allele of a VCF.
+"""`dnamamba score-variants`: a zero-shot log-likelihood ratio for every ALT allele of a VCF or table.
 
     dnamamba score-variants model=EXPORT_DIR fasta=REF vcf=IN out=OUT [window=1024] [rc_average=true]
+                            [reduce=sum|mean] [context=window|tile] [regions=...] [shard=i/n]
                             [strict=true] [info_field=DNAMAMBA_LLR]
 
-OUT is a copy of IN with the score in INFO (.vcf, .vcf.gz, .bcf) or a table (.tsv). Unscorable
-records are kept without a score and counted by reason, unless strict=true. See
-dnamamba/inference/variants.py for how the windows and the score are defined.
+IN is a VCF/BCF or a .tsv/.csv/.parquet table with chrom, pos, ref, alt columns. OUT is a copy of a
+VCF input with the score in INFO (.vcf, .vcf.gz, .bcf) or a table (.tsv, .csv, .parquet) with score
+and status columns. Unscorable records are kept without a score and counted by reason, unless
+strict=true. See dnamamba/inference/variants.py for how the windows and the score are defined.
 """
 from __future__ import annotations
 

@@ -149,14 +149,32 @@ def window_log_likelihoods(model: MambaLM, windows: Sequence, batch_size: int = 
         tokens = tokens.to(device)
         with autocast(device, precision):
             logits = model(tokens)  # (B, L, vocab)
-        logits = logits[:, :-1].float()  # (B, L-1, vocab): predicts tokens[:, 1:]
-        target = tokens[:, 1:]  # (B, L-1)
-        logp = logits.gather(-1, target.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
+        logp = _target_logp(logits[:, :-1], tokens[:, 1:], _acgt(device))  # (B, L-1): predicts tokens[:, 1:]
         pos = torch.arange(1, L, device=device)  # (L-1,) the position of each target
         first = torch.tensor([max(windows[k].left, 1) for k in idx], device=device)
-        keep = (pos >= first[:, None]) & (pos < lengths.to(device)[:, None]) & alphabet.loss_mask(target)
-        sums = (logp.double() * keep).sum(-1)  # (B,)
+        keep = (pos >= first[:, None]) & (pos < lengths.to(device)[:, None])
+        sums = torch.where(keep, logp, 0).double().sum(-1)  # (B,)
         out[idx] = sums.cpu().numpy()
+    return out
+
+
+def _acgt(device: torch.device) -> torch.Tensor:
+    """(256,) bool on `device`: the token ids that are A, C, G or T (either case)."""
+    return alphabet.loss_mask(torch.arange(alphabet.VOCAB_SIZE)).to(device)
+
+
+def _target_logp(logits: torch.Tensor, targets: torch.Tensor, acgt: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[target] in fp32 where the target is A/C/G/T, else 0; (R, l) from (R, l, vocab).
+
+    Rows are taken a few at a time, so the fp32 copy of the logits never exceeds a fixed size."""
+    R, l = targets.shape
+    out = torch.empty(R, l, dtype=torch.float32, device=logits.device)
+    step = max(1, _LOGSOFTMAX_POSITIONS // max(l, 1))
+    for r in range(0, R, step):
+        lg = logits[r:r + step].float()  # (r, l, vocab)
+        t = targets[r:r + step]
+        lp = lg.gather(-1, t.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(lg, -1)
+        out[r:r + step] = torch.where(acgt[t], lp, 0)
     return out
 
 
@@ -275,7 +293,7 @@ class _Runner:
     def __init__(self, model: MambaLM, device: torch.device, precision: str, batch_size: int, sums: torch.Tensor):
         self.model, self.device, self.precision, self.batch_size, self.sums = model, device, precision, batch_size, sums
         self.last_layer = model.cfg.n_layer - 1  # the state is all a non-scoring piece is for: no final norm
-        self.acgt = alphabet.loss_mask(torch.arange(alphabet.VOCAB_SIZE)).to(device)  # (256,) bool, once
+        self.acgt = _acgt(device)  # once: a host-to-device copy would wait for the queued work
 
     def _upload(self, array: np.ndarray, dtype: torch.dtype = torch.long) -> torch.Tensor:
         t = torch.from_numpy(array)
@@ -309,7 +327,7 @@ class _Runner:
                 piece = tokens_d[:, b0:b1]  # (B, l)
                 if ref_lp is not None and b1 >= first_target:
                     logits, state = self.model(piece, state=state, return_state=True)  # (B, l, vocab)
-                    ref_lp[:, b0 + 1:b1 + 1] = self._target_logp(logits, tokens_d[:, b0 + 1:b1 + 1])
+                    ref_lp[:, b0 + 1:b1 + 1] = _target_logp(logits, tokens_d[:, b0 + 1:b1 + 1], self.acgt)
                 else:
                     _, state = self.model.hidden_states(piece, self.last_layer, state=state, return_state=True)
                 rows = [b for b, p in enumerate(plans) if b1 in p.stops]
@@ -366,19 +384,7 @@ class _Runner:
                 state = [LayerState(conv=conv[k][which], ssm=ssm[k][which]) for k in range(layers)]
             with autocast(self.device, self.precision):
                 logits = self.model(tokens_d, state=state)  # (R, L, vocab)
-            lp = self._target_logp(logits[:, :-1], tokens_d[:, 1:])  # (R, L-1): position j+1 from logits j
+            lp = _target_logp(logits[:, :-1], tokens_d[:, 1:], self.acgt)  # (R, L-1): position j+1 from logits j
             pos = torch.arange(1, L, device=self.device)  # (L-1,)
             keep = (pos >= meta[:, :1]) & (pos < meta[:, 1:2])
             self.sums[meta[:, 3]] = torch.where(keep, lp, 0).double().sum(-1)
-
-    def _target_logp(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """log softmax(logits)[target] in fp32 where the target is A/C/G/T, else 0; (R, l)."""
-        R, l = targets.shape
-        out = torch.empty(R, l, dtype=torch.float32, device=logits.device)
-        step = max(1, _LOGSOFTMAX_POSITIONS // max(l, 1))
-        for r in range(0, R, step):
-            lg = logits[r:r + step].float()  # (r, l, vocab)
-            t = targets[r:r + step]
-            lp = lg.gather(-1, t.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(lg, -1)
-            out[r:r + step] = torch.where(self.acgt[t], lp, 0)
-        return out

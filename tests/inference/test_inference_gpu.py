@@ -46,9 +46,10 @@ def test_cuda_shared_method_equals_plain(tmp_path, tiny_export, lambda_path, con
     scores of reading every window whole, on the lambda fixture's SNVs, indels and contig-edge variants."""
     def run(method):
         out = tmp_path / f"{method}.tsv"
-        score_vcf(ScoreVariantsConfig(model=tiny_export, fasta=lambda_path, vcf=str(VCF_FIXTURES / "lambda_variants.vcf"),
-                                      out=str(out), window=2048, context=context, tile_size=4096, rc_average=True,
-                                      method=method, device="cuda", batch_size=5, progress=False))
+        vcf = str(VCF_FIXTURES / "lambda_variants.vcf")
+        score_vcf(ScoreVariantsConfig(model=tiny_export, fasta=lambda_path, vcf=vcf, out=str(out), window=2048,
+                                      context=context, tile_size=4096, rc_average=True, method=method,
+                                      device="cuda", batch_size=5, progress=False))
         rows = [line.split("\t") for line in out.read_text().splitlines()[1:]]
         return np.array([float(r[5]) for r in rows if r[6] == "ok"])
 

@@ -79,6 +79,19 @@ def test_a_long_pass_is_read_in_pieces(monkeypatch, lambda_fasta):
     _assert_same(stretch_log_likelihoods(model, stretch, batch_size=2, stop_every=100), _whole(model, stretch))
 
 
+def test_fused_path_states_carry_too(monkeypatch, stretches):
+    """On the fused path (the GPU default; here its Triton kernels under TRITON_INTERPRET=1) the states the
+    engine saves, gathers and continues from give the sums of whole windows."""
+    from dnamamba.model import MambaConfig, MambaLM
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    torch.manual_seed(0)
+    model = MambaLM(MambaConfig(d_model=16, n_layer=2, d_state=8, fused=True)).eval()
+    few = [stretches[0], stretches[1], Stretch(stretches[4].seq[:120], [Site(5, 1, [b"G"], 60),
+                                                                        Site(70, 3, [b"A"], 120)])]
+    _assert_same(stretch_log_likelihoods(model, few, batch_size=4, stop_every=16), _whole(model, few))
+
+
 def test_the_row_a_site_continues_from(stretches):
     """Rows start at the stop before their site: exactly one base before it for a single-site stretch,
     at a multiple of stop_every in a shared pass, and at the stretch start with no context."""

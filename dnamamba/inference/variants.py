@@ -48,7 +48,8 @@ from .. import alphabet
 from ..data.fasta import FastaFile
 from ..errors import InputError, require_file
 from ..io import atomic_path
-from ..model import LayerState, MambaLM, load_export
+from ..model import LayerState, MambaLM
+from .markov import load_scorer
 from .runtime import (SETTINGS, autocast, check_choice, check_writable, note, progress_bar, resolve_device,
                       write_errors)
 
@@ -72,7 +73,7 @@ _IUPAC = frozenset(alphabet.IUPAC + alphabet.IUPAC.lower())
 class ScoreVariantsConfig:
     """`dnamamba score-variants` settings; conf/score_variants.yaml fills in the same keys."""
 
-    model: str = "???"  # export directory (config.json + model.safetensors)
+    model: str = "???"  # export directory (config.json + model.safetensors), or a fit-markov folder
     fasta: str = "???"  # reference FASTA (plain, gzip or bgzip)
     vcf: str = "???"  # input VCF or BCF
     out: str = "???"  # .vcf, .vcf.gz, .bcf or .tsv
@@ -447,7 +448,7 @@ def score_vcf(cfg: ScoreVariantsConfig) -> dict:
     kind = output_kind(cfg.out)
     check_writable(cfg.out)
     device = resolve_device(cfg.device)
-    model = load_export(cfg.model, device)
+    model = load_scorer(cfg.model, device)
     verbosity = pysam.set_verbosity(0)  # htslib's warnings would break the one-line error contract
     try:
         header, n_records = _prescan(cfg.vcf)

@@ -77,7 +77,8 @@ def scored_log_likelihood(logits: torch.Tensor, tokens: torch.Tensor, scored: to
 
     scored[:, 0] is ignored: the first token has no prediction.
     """
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, L-1, V) predicts tokens[:, 1:]
+    logits = logits[:, :-1]
+    logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)  # (B, L-1, V)
     target = logp.gather(-1, tokens[:, 1:, None]).squeeze(-1)  # (B, L-1)
     return (target.double() * scored[:, 1:]).sum(-1)
 

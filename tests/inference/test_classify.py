@@ -28,7 +28,7 @@ def pairs_from(fasta, cases, window):
     return out
 
 
-CASES = [(1000, 1, b"G"), (0, 1, b"A"), (48501, 1, b"C"), (3000, 3, b"CAT"), (5000, 1, b"CTTA"), (7000, 2, b"G")]
+CASES = [(1000, 1, b"T"), (0, 1, b"A"), (48501, 1, b"C"), (3000, 3, b"CAT"), (5000, 1, b"CTTA"), (7000, 2, b"G")]
 
 
 def test_classifier_llr_is_score_variants_llr(lambda_fasta):

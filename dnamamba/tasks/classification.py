@@ -234,7 +234,7 @@ class ClassificationTask(pl.LightningModule):
         for k, v in values.items():
             self.log(f"{stage}/{k}", v, prog_bar=k == "auroc_macro")
         self.last_metrics[stage] = values
-        if stage == "val" and not self.trainer.sanity_checking:
+        if stage == "val" and self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
             self.history.append({"epoch": self.current_epoch, "step": self.global_step, **values})
 
     def on_validation_epoch_end(self):

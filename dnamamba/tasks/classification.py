@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import os
 from collections import Counter
 from dataclasses import asdict
 from typing import Optional, Sequence

@@ -9,7 +9,7 @@ log-likelihood ratio (dnamamba/model/classifier.py).
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 

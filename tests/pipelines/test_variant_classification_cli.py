@@ -183,3 +183,9 @@ def test_finetune_bad_table_is_one_line(tmp_path, backbone, bench):
     proc = run_cli("finetune", tmp_path, f"backbone={backbone}", f"task.data.fasta={bench / 'records.fa'}",
                    f"task.data.table={table}", f"run_dir={tmp_path / 'run'}")
     assert_one_line_error(proc, "t.tsv", "no column(s) label")
+
+
+def test_fit_markov_cli(tmp_path):
+    proc = run_cli("fit-markov", tmp_path, "fasta=absent.fa", "out=m")
+    assert_one_line_error(proc, "absent.fa", "not found")
+    assert os.listdir(tmp_path) == []

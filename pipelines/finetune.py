@@ -24,6 +24,7 @@ from dnamamba.errors import InputError, exit_on_input_error
 from dnamamba.io import atomic_path
 from dnamamba.model import load_export
 from dnamamba.model.classifier import save_classifier_export
+from dnamamba.tasks.loggers import build_logger
 
 
 def run(cfg: DictConfig) -> dict:
@@ -31,6 +32,7 @@ def run(cfg: DictConfig) -> dict:
     run_dir = os.path.abspath(cfg.run_dir)
     if cfg.ckpt_path is not None and not os.path.isfile(cfg.ckpt_path):
         raise InputError(cfg.ckpt_path, "checkpoint to resume from not found")
+    logger = build_logger(cfg.get("logger"))
     backbone = load_export(cfg.backbone)
     datamodule = instantiate(cfg.task.data)
     datamodule.setup("fit")  # a bad table or FASTA is reported before Lightning starts
@@ -47,7 +49,7 @@ def run(cfg: DictConfig) -> dict:
     callbacks += [best, EarlyStopping(monitor=stop.monitor, mode=stop.mode, patience=stop.patience)]
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(RichProgressBar())
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks)
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
     trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     if best.best_model_path:  # the weights of the best validation, not the last epoch's
         task.load_state_dict(torch.load(best.best_model_path, map_location="cpu", weights_only=False)["state_dict"])

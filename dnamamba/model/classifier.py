@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import InputError
 from ..io import atomic_path
-from .export import CONFIG, load_export, save_export
+from .export import CONFIG, DNAMAMBA_KEY, load_export, save_export
 from .mamba import MambaLM
 
 KINDS = ("variant", "sequence")
@@ -123,7 +123,8 @@ class Classifier(nn.Module):
 
 def save_classifier_export(classifier: Classifier, directory: str | os.PathLike, extra: dict | None = None) -> str:
     """A model export of the backbone (embed and score-variants read it as any export) whose config.json
-    also holds the classifier's settings, with the head's weights in head.safetensors."""
+    also holds the classifier's settings (under "dnamamba", "classifier"), with the head's weights in
+    head.safetensors."""
     directory = os.fspath(directory)
     save_export(classifier.backbone, directory, extra={"classifier": asdict(classifier.cfg), **(extra or {})})
     head = {k: v.detach().float().cpu().contiguous() for k, v in classifier.head.state_dict().items()}
@@ -137,7 +138,7 @@ def load_classifier_export(directory: str | os.PathLike, device: str | torch.dev
     backbone = load_export(directory, device)
     cfg_path = os.path.join(directory, CONFIG)
     with open(cfg_path) as f:
-        meta = json.load(f)
+        meta = json.load(f).get(DNAMAMBA_KEY, {})  # load_export has checked that the file reads
     if "classifier" not in meta:
         raise InputError(directory, "not a classifier export: config.json has no classifier settings "
                                     "(dnamamba finetune writes one)")

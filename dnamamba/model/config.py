@@ -5,6 +5,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 
 SCAN_BACKENDS = ("auto", "torch", "naive", "triton")
+FUSED_MODES = ("auto", True, False)
 
 
 @dataclass
@@ -23,10 +24,15 @@ class MambaConfig:
     scan_backend: str = "auto"  # auto | torch | naive | triton
     scan_chunk_size: int = 32  # time steps per chunk of the PyTorch scan
     checkpoint_blocks: bool = False  # recompute each block in backward: activations O(L * d_model) per layer
+    # The fused path (model/fused.py: one autograd Function per block over the Triton kernels) or the modules
+    # of mamba.py, which stay the reference and the CPU path. auto: fused on CUDA.
+    fused: bool | str = "auto"
 
     def __post_init__(self):
         if self.scan_backend not in SCAN_BACKENDS:
             raise ValueError(f"scan_backend must be one of {SCAN_BACKENDS}, got {self.scan_backend!r}")
+        if self.fused not in FUSED_MODES:
+            raise ValueError(f"fused must be auto, true or false, got {self.fused!r}")
         if self.dt_rank is None:
             self.dt_rank = math.ceil(self.d_model / 16)
 

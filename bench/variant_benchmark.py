@@ -258,7 +258,7 @@ def main(argv=None) -> dict:
     results["zero_shot"] = {
         "model": zero_shot(export, bench, vcf, os.path.join(work, "scores_model.tsv"), args.window, args.device),
         f"markov_k{args.markov_k}": zero_shot(markov, bench, vcf, os.path.join(work, "scores_markov.tsv"),
-                                              args.window, "cpu"),
+                                              args.window, args.device),
     }
     window = [f"task.data.window={args.window}"]
     results["supervised"] = {

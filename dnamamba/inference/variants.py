@@ -58,9 +58,10 @@ from .. import alphabet
 from ..data.fasta import FastaFile
 from ..errors import InputError, require_file
 from ..io import atomic_path
-from ..model import MambaLM, load_export
+from ..model import MambaLM
 from .llr import (Site, Stretch, Window, plain_log_likelihoods, reverse_complement, stop_spacing,
                   stretch_log_likelihoods, submit, window_log_likelihoods)
+from .markov import load_scorer
 from .runtime import SETTINGS, check_choice, check_writable, note, progress_bar, resolve_device, write_errors
 from .variant_files import (VCF_OUTPUTS, Entry, Selection, TableWriter, VcfWriter, contig_problem,
                             open_variants, output_kind)
@@ -94,7 +95,7 @@ _ACGT = b"ACGTacgt"
 class ScoreVariantsConfig:
     """`dnamamba score-variants` settings; conf/score_variants.yaml fills in the same keys."""
 
-    model: str = "???"  # export directory (config.json + model.safetensors)
+    model: str = "???"  # export directory (config.json + model.safetensors), or a fit-markov folder
     fasta: str = "???"  # reference FASTA (plain, gzip or bgzip)
     vcf: str = "???"  # input: VCF/BCF, or a .tsv/.csv(.gz)/.parquet table with chrom, pos, ref, alt
     out: str = "???"  # .vcf, .vcf.gz, .bcf (VCF input only), .tsv, .csv or .parquet
@@ -317,7 +318,12 @@ def plan_record(rec: pysam.VariantRecord, fasta: FastaFile, window: int, soft_ma
                 pairs: list[tuple[Window, Window]]) -> _Plan:
     """Check one pysam record against the FASTA and append the (REF, ALT) windows of its scorable ALTs."""
     entry = Entry(rec.chrom, rec.pos, rec.id, rec.ref, list(rec.alts) if rec.alts else [None], rec)
-    reference = _Reference(fasta, soft_mask)
+    return plan_entry(entry, _Reference(fasta, soft_mask), window, soft_mask, pairs)
+
+
+def plan_entry(entry: Entry, reference: _Reference, window: int, soft_mask: str,
+               pairs: list[tuple[Window, Window]]) -> _Plan:
+    """Check one record (VCF or table row) and append the (REF, ALT) windows of its scorable ALTs."""
     plan = check_entry(entry, reference, soft_mask)
     if plan.scorable:
         lo, hi = window_span(plan.start, len(plan.ref), reference.length(entry.chrom), window)
@@ -425,7 +431,7 @@ def score_vcf(cfg: ScoreVariantsConfig) -> dict:
         with FastaFile(cfg.fasta, cache_dir=cfg.cache_dir) as fasta:
             selection = Selection.parse(cfg.regions, cfg.shard, fasta)
             total = _prescan(source, selection, fasta, cfg)
-            model = load_export(cfg.model, device)
+            model = load_scorer(cfg.model, device)
             reference = _Reference(fasta, cfg.soft_mask)
             source.open()
             try:

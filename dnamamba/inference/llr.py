@@ -292,7 +292,6 @@ class _Runner:
 
     def __init__(self, model: MambaLM, device: torch.device, precision: str, batch_size: int, sums: torch.Tensor):
         self.model, self.device, self.precision, self.batch_size, self.sums = model, device, precision, batch_size, sums
-        self.last_layer = model.cfg.n_layer - 1  # the state is all a non-scoring piece is for: no final norm
         self.acgt = _acgt(device)  # once: a host-to-device copy would wait for the queued work
 
     def _upload(self, array: np.ndarray, dtype: torch.dtype = torch.long) -> torch.Tensor:
@@ -329,7 +328,7 @@ class _Runner:
                     logits, state = self.model(piece, state=state, return_state=True)  # (B, l, vocab)
                     ref_lp[:, b0 + 1:b1 + 1] = _target_logp(logits, tokens_d[:, b0 + 1:b1 + 1], self.acgt)
                 else:
-                    _, state = self.model.hidden_states(piece, self.last_layer, state=state, return_state=True)
+                    state = self.model.advance(piece, state)
                 rows = [b for b, p in enumerate(plans) if b1 in p.stops]
                 if rows:
                     idx = self._upload(np.array(rows, dtype=np.int64))
@@ -359,7 +358,7 @@ class _Runner:
         """Allele rows in batches of similar length, each row continued from its saved state."""
         if not rows:
             return
-        layers = len(self.model.layers)
+        layers = len(saved[0]) if saved else 0  # states per row: one per layer (one for a Markov model)
         if saved:
             conv = [torch.cat([s[i].conv for s in saved]) for i in range(layers)]  # (S, d_conv-1, d_inner)
             ssm = [torch.cat([s[i].ssm for s in saved]) for i in range(layers)]  # (S, d_inner, d_state)

@@ -152,6 +152,13 @@ class MarkovLM(nn.Module):
             return logits
         return logits, [LayerState(conv=full[:, L:], ssm=full.new_zeros(B, 0))]
 
+    def advance(self, tokens: torch.Tensor, state: list[LayerState] | None = None) -> list[LayerState]:
+        """The state after reading tokens (B, L), as MambaLM.advance: the last k tokens."""
+        B, L = tokens.shape
+        past = state[0].conv.long() if state is not None else tokens.new_zeros(B, self.k)  # (B, k)
+        full = torch.cat([past, tokens.long()], dim=1)  # (B, k + L)
+        return [LayerState(conv=full[:, L:], ssm=full.new_zeros(B, 0))]
+
     def save(self, directory: str, extra: dict | None = None) -> str:
         os.makedirs(directory, exist_ok=True)
         with atomic_path(os.path.join(directory, WEIGHTS)) as tmp:

@@ -200,6 +200,11 @@ class MambaLM(nn.Module):
             h = residual if x is None else residual + x  # the block's output, as the reference returns it
         return (h, new_states) if return_state else h
 
+    def advance(self, tokens: torch.Tensor, state: list[LayerState] | None = None) -> list[LayerState]:
+        """The state after reading tokens (B, L), without the final norm or the head: all a prefix that scores
+        nothing is needed for."""
+        return self.hidden_states(tokens, self.cfg.n_layer - 1, state=state, return_state=True)[1]
+
     def forward(self, tokens: torch.Tensor, state: list[LayerState] | None = None, return_state: bool = False):
         """tokens (B, L) long -> logits (B, L, vocab) for the next token at each position."""
         out = self.hidden_states(tokens, -1, state, return_state)

@@ -4,13 +4,13 @@ File order follows mamba_ssm: each kernel next to its launcher, then the autogra
 function. The math is `naive.causal_conv1d_ref`'s: per sequence, with xx its inputs preceded by the width-1
 initial-state rows, pre_t = bias + sum_k w[:, k] xx[t + k] and y_t = silu(pre_t) (or pre_t).
 
-Forward, `_fwd_kernel`: a program owns a tile of `block_t` steps x `block_d` channels and loads it once per
+Forward, `_conv1d_fwd_kernel`: a program owns a tile of `block_t` steps x `block_d` channels and loads it once per
 tap, shifted back by the tap's lag (the width-1 halo rows come with it); the repeats hit L1, so DRAM sees one
 read of x and one write of y. A tap that reaches before its sequence's start reads the initial state instead.
 `_final_state_kernel` copies each sequence's last width-1 inputs (from the initial state where the sequence
 is shorter).
 
-Backward, `_bwd_kernel`: a program owns a tile of `bwd_block_t` steps x `bwd_block_d` channels. dx_t needs the
+Backward, `_conv1d_bwd_kernel`: a program owns a tile of `bwd_block_t` steps x `bwd_block_d` channels. dx_t needs the
 pre-activation gradient g at rows t..t+width-1, and a tile cannot shift values across its rows, so the program
 rebuilds pre, and g, at each of those `width` row offsets from shifted loads of x and dy (the repeats hit L1,
 so DRAM sees one read of x and dy and one write of dx). That costs `width` sigmoids per element, which the
@@ -108,7 +108,7 @@ def _empty(*shape, dtype, device):
 
 
 @_kernel(HAS_BIAS=_given("bias_ptr"), HAS_INIT=_given("init_ptr"), PACKED=_given("cu_ptr"))
-def _fwd_kernel(x_ptr, w_ptr, bias_ptr, init_ptr, seq_idx_ptr, cu_ptr, y_ptr,
+def _conv1d_fwd_kernel(x_ptr, w_ptr, bias_ptr, init_ptr, seq_idx_ptr, cu_ptr, y_ptr,
                 L, D, stride_xb, stride_xl, stride_wd, stride_wk, stride_ib, stride_iw, stride_yb, stride_yl,
                 W: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, SILU: tl.constexpr,
                 HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, PACKED: tl.constexpr):
@@ -152,7 +152,7 @@ def _launch_fwd(x, w, bias, init, seq_idx, cu, y, activation, cfg):
     if seqlen == 0:
         return
     grid = (triton.cdiv(seqlen, cfg.block_t), triton.cdiv(dim, cfg.block_d), batch)
-    _fwd_kernel.on(x.device)[grid](
+    _conv1d_fwd_kernel.on(x.device)[grid](
         x_ptr=x, w_ptr=w, bias_ptr=bias, init_ptr=init, seq_idx_ptr=seq_idx, cu_ptr=cu, y_ptr=y,
         L=seqlen, D=dim, stride_xb=x.stride(0), stride_xl=x.stride(1), stride_wd=w.stride(0), stride_wk=w.stride(1),
         stride_ib=_stride(init, 0), stride_iw=_stride(init, 1), stride_yb=y.stride(0), stride_yl=y.stride(1),
@@ -202,7 +202,7 @@ def _launch_final_state(x, init, cu, nseq, width, cfg):
 
 
 @_kernel(HAS_BIAS=_given("bias_ptr"), HAS_INIT=_given("init_ptr"), PACKED=_given("cu_ptr"))
-def _bwd_kernel(x_ptr, w_ptr, bias_ptr, init_ptr, seq_idx_ptr, cu_ptr, dy_ptr, dx_ptr, dw_ptr, db_ptr,
+def _conv1d_bwd_kernel(x_ptr, w_ptr, bias_ptr, init_ptr, seq_idx_ptr, cu_ptr, dy_ptr, dx_ptr, dw_ptr, db_ptr,
                 L, D, nblocks, stride_xb, stride_xl, stride_wd, stride_wk, stride_ib, stride_iw,
                 stride_dyb, stride_dyl, stride_dxb, stride_dxl,
                 W: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, SILU: tl.constexpr,
@@ -285,7 +285,7 @@ def _launch_bwd(x, w, bias, init, seq_idx, cu, dy, dx, activation, cfg):
     db_part = None if bias is None else _empty(batch, nblocks, dim, dtype=torch.float32, device=x.device)
     if nblocks:
         grid = (nblocks, triton.cdiv(dim, cfg.bwd_block_d), batch)
-        _bwd_kernel.on(x.device)[grid](
+        _conv1d_bwd_kernel.on(x.device)[grid](
             x_ptr=x, w_ptr=w, bias_ptr=bias, init_ptr=init, seq_idx_ptr=seq_idx, cu_ptr=cu, dy_ptr=dy, dx_ptr=dx,
             dw_ptr=dw_part, db_ptr=db_part, L=seqlen, D=dim, nblocks=nblocks, stride_xb=x.stride(0),
             stride_xl=x.stride(1), stride_wd=w.stride(0), stride_wk=w.stride(1), stride_ib=_stride(init, 0),

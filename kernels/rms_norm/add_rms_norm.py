@@ -7,10 +7,10 @@ The math (`naive.py`):
 
 Inputs of shape (..., d) are taken as N = prod(...) rows of width d; a whole row sits in one program's registers
 (d up to MAX_WIDTH).
-- Forward, `_fwd_kernel`: one program per block of `block_rows` rows. It reads x and residual once, adds them in
+- Forward, `_rms_norm_fwd_kernel`: one program per block of `block_rows` rows. It reads x and residual once, adds them in
   fp32, writes residual_out, rstd and out (in out's dtype). Where residual_out would only be a copy of an fp32
   input (x or residual alone), it is not written: that input is returned.
-- Backward, `_bwd_kernel`: `bwd_programs` programs, each owning a contiguous range of rows walked in blocks of
+- Backward, `_rms_norm_bwd_kernel`: `bwd_programs` programs, each owning a contiguous range of rows walked in blocks of
   `bwd_block_rows`. Per row dr = rstd * (g - xhat * mean(g * xhat)) with xhat = r * rstd, g = dout * weight, plus
   d(residual_out) if given; written once or twice (fp32 for the caller's residual, and a copy in x's dtype when
   it differs, so no separate cast pass). dweight is one partial sum per program, added up by one torch sum at the
@@ -46,7 +46,7 @@ BWD_PROGRAMS_PER_SM = 4
 _add = tl.standard._sum_combine
 
 
-def _fwd_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, rstd_ptr, n_rows, d, eps,
+def _rms_norm_fwd_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, rstd_ptr, n_rows, d, eps,
                 HAS_X: tl.constexpr, HAS_RES: tl.constexpr, STORE_RES: tl.constexpr, ROWS: tl.constexpr,
                 BLOCK_D: tl.constexpr):
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)  # (ROWS,) int64
@@ -69,7 +69,7 @@ def _fwd_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, rstd_ptr, n_rows, d
     tl.store(out_ptr + offs, r * rstd[:, None] * w[None, :], mask=mask)
 
 
-def _bwd_kernel(dout_ptr, r_ptr, w_ptr, rstd_ptr, dres_out_ptr, dr_ptr, dr2_ptr, dw_ptr, n_rows, d, eps,
+def _rms_norm_bwd_kernel(dout_ptr, r_ptr, w_ptr, rstd_ptr, dres_out_ptr, dr_ptr, dr2_ptr, dw_ptr, n_rows, d, eps,
                 rows_per_program, HAS_RSTD: tl.constexpr, HAS_DRES: tl.constexpr, STORE_2: tl.constexpr,
                 ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
@@ -102,7 +102,7 @@ def _bwd_kernel(dout_ptr, r_ptr, w_ptr, rstd_ptr, dres_out_ptr, dr_ptr, dr2_ptr,
     tl.store(dw_ptr + pid * d + cols, tl.reduce(dw, 0, _add), mask=cmask)
 
 
-_RAW = {f.__name__: f for f in (_fwd_kernel, _bwd_kernel)}
+_RAW = {f.__name__: f for f in (_rms_norm_fwd_kernel, _rms_norm_bwd_kernel)}
 _COMPILED = {name: JITFunction(f) for name, f in _RAW.items()}
 _INTERPRETED: dict = {}
 
@@ -180,7 +180,7 @@ def _fwd(x, residual, weight, eps, out_dtype, launch):
     out = _empty(n, d, dtype=out_dtype, device=ref.device)
     rstd = _empty(n, dtype=torch.float32, device=ref.device)
     if n:
-        _kernel("_fwd_kernel", ref.device)[(triton.cdiv(n, rows),)](
+        _kernel("_rms_norm_fwd_kernel", ref.device)[(triton.cdiv(n, rows),)](
             ref if x is None else x, ref if residual is None else residual, weight.contiguous(), out, res_out, rstd,
             n, d, eps, HAS_X=x is not None, HAS_RES=residual is not None, STORE_RES=store_res, ROWS=rows,
             BLOCK_D=block_d, num_warps=warps)
@@ -201,7 +201,7 @@ def _bwd(dout, res_out, weight, rstd, eps, dres_out, dtypes, launch):
     per_program = triton.cdiv(triton.cdiv(n, programs), rows) * rows
     programs = triton.cdiv(n, per_program)
     partial = _empty(programs, d, dtype=torch.float32, device=dev)
-    _kernel("_bwd_kernel", dev)[(programs,)](
+    _kernel("_rms_norm_bwd_kernel", dev)[(programs,)](
         dout, res_out, weight.contiguous(), res_out if rstd is None else rstd,
         res_out if dres_out is None else dres_out, dr, dr if dr2 is None else dr2, partial, n, d, eps, per_program,
         HAS_RSTD=rstd is not None, HAS_DRES=dres_out is not None, STORE_2=dr2 is not None, ROWS=rows,

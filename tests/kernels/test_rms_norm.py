@@ -177,7 +177,7 @@ def test_dispatch(monkeypatch):
     assert launched == []
     out, res_out = add_rms_norm(x.requires_grad_(), res, w)
     out.sum().backward()
-    assert launched == ["_fwd_kernel", "_bwd_kernel"]
+    assert launched == ["_rms_norm_fwd_kernel", "_rms_norm_bwd_kernel"]
 
 
 def test_bad_input(interpret):

@@ -22,7 +22,7 @@ from typing import Mapping, Sequence
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 
 from dnamamba.data.bed import read_bed
 from dnamamba.data.fasta import FastaFile, demo_genome_path
@@ -134,6 +134,22 @@ class DataConfig:
             raise bad("val_batch_size", "must be positive (or null for batch_size)")
         if self.num_workers < 0:
             raise bad("num_workers", "must be >= 0")
+
+
+class EpochShuffle(RandomSampler):
+    """A random order of the windows that depends only on data.seed and the epoch. Lightning calls
+    set_epoch at the start of every epoch, a resumed run's included, so a run resumed at epoch e does not
+    repeat the first epoch's order (a fresh generator would, and a run stopped and resumed within every
+    epoch would then train on the same first windows again and again). Under DDP Lightning puts its
+    DistributedSampler, which also seeds by epoch, in its place."""
+
+    def __init__(self, dataset, seed: int):
+        super().__init__(dataset, generator=torch.Generator())
+        self.seed = seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator.manual_seed(self.seed + epoch)
 
 
 @rank_zero_only
@@ -264,9 +280,9 @@ class FastaDataModule(pl.LightningDataModule):
 
     def _loader(self, dataset: WindowDataset, batch_size: int, shuffle: bool) -> DataLoader:
         workers = self.config.num_workers
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-                          persistent_workers=workers > 0,
-                          # Shuffle order and each worker's seed follow data.seed, not global state.
+        return DataLoader(dataset, batch_size=batch_size, num_workers=workers, persistent_workers=workers > 0,
+                          sampler=EpochShuffle(dataset, self.config.seed) if shuffle else None,
+                          # Each worker's seed follows data.seed, not global state.
                           generator=torch.Generator().manual_seed(self.config.seed))
 
     def train_dataloader(self) -> DataLoader:

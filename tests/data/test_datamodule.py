@@ -249,3 +249,16 @@ def test_tokens_per_step_sets_the_batch_size():
         FastaDataModule(seq_len=128, tokens_per_step=1000)
     with pytest.raises(InputError, match="data.tokens_per_step=64.*smaller than one window"):
         FastaDataModule(seq_len=128, tokens_per_step=64)
+
+
+def test_shuffle_order_follows_seed_and_epoch():
+    from dnamamba.data.datamodule import EpochShuffle
+
+    def order(seed, epoch):
+        sampler = EpochShuffle(range(50), seed)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    assert sorted(order(0, 3)) == list(range(50))
+    assert order(0, 3) == order(0, 3)  # what a resumed run at epoch 3 sees
+    assert order(0, 0) != order(0, 1) and order(0, 1) != order(1, 1)

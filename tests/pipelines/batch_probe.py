@@ -1,4 +1,6 @@
-"""A callback for pipeline tests: records the optimizer step and shape of every batch the model sees."""
+"""A callback for pipeline tests: records the optimizer step, shape and content hash of every batch the
+model sees."""
+import hashlib
 import json
 import os
 
@@ -11,7 +13,9 @@ class BatchProbe(pl.Callback):
         self.batches: list[dict] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.batches.append({"stage": "train", "step": trainer.global_step, "shape": list(batch["tokens"].shape)})
+        self.batches.append({"stage": "train", "step": trainer.global_step, "shape": list(batch["tokens"].shape),
+                             "epoch": trainer.current_epoch,
+                             "sha1": hashlib.sha1(batch["tokens"].cpu().numpy().tobytes()).hexdigest()})
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
         self.batches.append({"stage": "val", "step": trainer.global_step, "shape": list(batch["tokens"].shape)})

@@ -85,10 +85,10 @@ def test_resume_auto_starts_fresh_then_continues(tmp_path, capsys):
     # hold step 4, not the step-3 validation's checkpoint.
     common = [*SHRINK, f"run_dir={run_dir}", "resume=auto", "trainer.check_val_every_n_epoch=null",
               "trainer.val_check_interval=3"]
-    first = pretrain.run(compose_config("pretrain", [*common, "trainer.max_steps=4"]))
+    first = pretrain.run(with_probe(compose_config("pretrain", [*common, "trainer.max_steps=4"]), tmp_path / "1.json"))
     assert "no checkpoint in" in capsys.readouterr().err
     assert first["global_step"] == 4
-    second = pretrain.run(compose_config("pretrain", [*common, "trainer.max_steps=7"]))
+    second = pretrain.run(with_probe(compose_config("pretrain", [*common, "trainer.max_steps=7"]), tmp_path / "2.json"))
     assert f"continuing from {run_dir / 'checkpoints' / 'last.ckpt'}" in capsys.readouterr().err
     assert second["global_step"] == 7
     assert second["tokens"] == 7 * 4 * 128  # the token count carries over
@@ -97,6 +97,10 @@ def test_resume_auto_starts_fresh_then_continues(tmp_path, capsys):
     # The second run's log starts where the first stopped.
     rows = [r for r in csv_rows_version(run_dir, 1) if r["train/step"]]
     assert min(float(r["train/step"]) for r in rows) == 5.0
+    # The resumed run does not replay the first run's batches: the shuffle order follows the epoch.
+    seen = [{b["sha1"] for b in json.loads((tmp_path / f"{i}.json").read_text()) if b["stage"] == "train"}
+            for i in (1, 2)]
+    assert len(seen[0]) == 4 and len(seen[1]) == 3 and not seen[0] & seen[1]
 
 
 def csv_rows_version(run_dir, version):

@@ -56,6 +56,10 @@ def render(folder: Path) -> None:
         hist = ", ".join(f"{v['step']}: {v['val_bits_per_base']:.4f}" for v in r["val_history"])
         final = r["val_history"][-1]["val_bits_per_base"] if r["val_history"] else float("nan")
         lines.append(f"| {L} | {r['tokens'] / 1e6:.0f}M | {hist} | {final:.4f} |")
+    if baselines:
+        lines += ["", "Baselines on the same region (bench/results/chr20_baselines.json): " + ", ".join(
+            f"{name} {baselines[name]:.3f}" for name in ("markov order 10", "xz -9e given the rest", "gzip -9 alone")
+            if name in baselines) + " bits/base."]
     (folder.parent / "chr20_quality_h200.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

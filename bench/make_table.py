@@ -101,8 +101,8 @@ def write_outputs(path: Path):
 
 
 def write_bwd_modes(path: Path):
-    """scan_bwd_modes_h200.json (bench/scan.py --bwd-modes) -> .md: backward modes in one run, and the
-    ratio to mamba_ssm's figures from scan_h200.json (an earlier run, so not a same-run ratio)."""
+    """scan_bwd_modes_h200.json (run 6, bench/scan.py --bwd-modes as of 86cae91) -> .md: backward modes in one run,
+    and the ratio to mamba_ssm's figures from scan_h200.json (an earlier run, so not a same-run ratio)."""
     data = json.loads(Path(path).read_text())
     anchor_rows = json.loads((Path(path).parent / "scan_h200.json").read_text())["rows"]
     anchor = {(r["batch"], r["seqlen"]): r for r in anchor_rows if r["impl"] == "mamba_ssm"}

@@ -8,11 +8,15 @@ triton.testing.do_bench, and the extra peak memory of one forward+backward over 
 allocated. Layouts are transposed for mamba_ssm (channels first) outside the timed region. At
 L = 2^20 it also reports ||ours - mamba|| / ||mamba|| for the output and every gradient, the time of
 each kernel (torch.profiler) and a few launch-shape variants. Imports only torch, triton and
-dnamamba_kernels. `--bwd-modes` instead compares the two backward modes (ScanConfig.bwd_mode) in one process.
+dnamamba_kernels. `--packed` times packed sequences instead. `--baseline PATH` instead times the kernels against
+another copy of the kernels package (e.g. the code before a refactor) in the same process:
+
+    python bench/scan.py --baseline .before_split/kernels --out bench/results
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import sys
@@ -115,47 +119,8 @@ def kernel_times(fn, x):
     return dict(sorted(rows.items(), key=lambda kv: -kv[1])[:12])
 
 
-def diag_reverse_scan():
-    """Max error of every gradient against float64, with Triton's reverse=True scan and with flip + forward scan."""
-    from dnamamba_kernels import selective_scan_ref
-
-    g = torch.Generator(device="cuda").manual_seed(3)
-    dim, L = 200, 2048
-    x = dict(u=torch.randn(1, L, dim, device="cuda", generator=g).bfloat16(),
-             delta=(torch.randn(1, L, dim, device="cuda", generator=g) * 0.5).bfloat16(),
-             A=-(torch.rand(dim, 16, device="cuda", generator=g) * 2 + 0.1),
-             B=torch.randn(1, L, 1, 16, device="cuda", generator=g).bfloat16(),
-             C=torch.randn(1, L, 1, 16, device="cuda", generator=g).bfloat16(),
-             D=torch.randn(dim, device="cuda", generator=g), z=torch.randn(1, L, dim, device="cuda", generator=g).bfloat16(),
-             delta_bias=torch.randn(dim, device="cuda", generator=g) * 0.3)
-    gy = torch.randn(1, L, dim, device="cuda", generator=g).bfloat16().float()  # as the kernels receive it
-
-    def grads(fn, dtype=None):
-        leaves = {k: (v if dtype is None else v.to(dtype)).detach().clone().requires_grad_() for k, v in x.items()}
-        y = fn(leaves["u"], leaves["delta"], leaves["A"], leaves["B"], leaves["C"], D=leaves["D"], z=leaves["z"],
-               delta_bias=leaves["delta_bias"], delta_softplus=True)
-        (y.double() * gy.double()).sum().backward()
-        return {k: v.grad.double() for k, v in leaves.items()}
-
-    ref = grads(selective_scan_ref, torch.float64)
-    for native in (True, False):
-        got = grads(lambda *a, **k: selective_scan_triton(*a, config=ScanConfig(native_reverse_scan=native), **k))
-        print(f"native_reverse_scan={native}: max |grad - ref|:",
-              {k: float(f"{(got[k] - ref[k]).abs().max().item():.2e}") for k in ref}, flush=True)
-
-
-# --bwd-modes: the committed configuration (tile backward, earlier `unit` form), then the tile and seq
-# backward modes with the current form; then launch variants of "seq" at L=2^20
-MODE_CONFIGS = {"tile_mul": dict(bwd_mode="tile", unit_add=False), "tile": dict(bwd_mode="tile"),
-                "seq": dict(bwd_mode="seq")}
-BWD_VARIANTS = [dict(bwd_mode="seq", seq_piece=16), dict(bwd_mode="seq", sub=32), dict(bwd_mode="seq", seq_piece=32),
-                dict(bwd_mode="seq", seq_block_d=64, seq_warps=2, seq_programs_per_sm=4),
-                dict(bwd_mode="seq", seq_block_d=128, seq_warps=4, seq_programs_per_sm=2)]
-
-
-# --variants: each changes one or two launch settings of the default configuration, at L=2^20
-VARIANTS = [dict(seq_walk_unroll=2), dict(seq_walk_unroll=2, carry_stages=1),
-            dict(seq_walk_unroll=2, carry_stages=1, bc_lanes=False, seq_bc_lanes=False)]
+# --variants: each changes one launch setting of the default configuration, at L=2^20
+VARIANTS = [dict(carry_stages=1), dict(sub=32), dict(seq_piece=16)]
 
 
 def check_float64(cfg):
@@ -204,83 +169,95 @@ def check_float64(cfg):
     return report
 
 
-def bwd_modes(out_path: Path, rep: int):
-    """The backward modes (and a few launch variants of "seq") in one process, without mamba_ssm. Most
-    important first, saved after every measurement, so a run cut short keeps what it measured."""
-    res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-           "configs": {k: repr(ScanConfig(**v)) for k, v in MODE_CONFIGS.items()}, "rows": []}
+PACKED_SEQLEN = 2 ** 17  # --packed: 2^20 tokens as 8 sequences of this length in batch 1
 
-    def save():
-        out_path.write_text(json.dumps(res, indent=1) + "\n")
 
-    def modes(batch, L):
-        x = make_inputs(batch, L)
-        for name, kw in MODE_CONFIGS.items():
-            cfg = ScanConfig(**kw)
-            fwd, fb, peak, g, _ = measure(runner("triton", x, None, cfg), x, rep=rep)
-            del g
-            res["rows"].append(dict(mode=name, batch=batch, seqlen=L, config=repr(cfg.resolve(batch, L, DIM)),
-                                    fwd_ms=round(fwd, 3), fwdbwd_ms=round(fb, 3), peak_extra_gb=round(peak, 3)))
-            print(json.dumps(res["rows"][-1]), flush=True)
-            save()
-        return x
-
-    x = modes(1, 2 ** 20)
-    # measure() draws its own output gradient per call: compare the modes on one gradient instead
-    leaves = {m: {k: v.detach().clone().requires_grad_(True) for k, v in x.items()} for m in ("tile", "seq")}
-    gy = None
-    for m in ("tile", "seq"):
-        y = runner("triton", x, None, ScanConfig(**MODE_CONFIGS[m]))(**leaves[m])
-        gy = torch.randn_like(y) if gy is None else gy
-        y.backward(gy)
-    res["rel_error_seq_vs_tile_at_2^20"] = {
-        k: float(f"{rel(leaves['seq'][k].grad, leaves['tile'][k].grad):.3e}") for k in x}
-    print("seq vs tile at 2^20:", res["rel_error_seq_vs_tile_at_2^20"], flush=True)
-    del leaves, y, gy
-    torch.cuda.empty_cache()
-    save()
-    res["check_float64_seq"] = check_float64(ScanConfig(bwd_mode="seq"))
-    save()
-    res["kernel_ms_seq_at_2^20"] = kernel_times(runner("triton", x, None, ScanConfig(bwd_mode="seq")), x)
-    print("kernel times (seq):", json.dumps(res["kernel_ms_seq_at_2^20"]), flush=True)
-    save()
-    del x
-    torch.cuda.empty_cache()
-    modes(8, 4096)
-    torch.cuda.empty_cache()
-    x = make_inputs(1, 2 ** 20)
-    var = []
-    res["seq_variants_at_2^20"] = var
-    for kw in BWD_VARIANTS:
-        c = ScanConfig(**kw)
-        fwd, fb, peak, g, _ = measure(runner("triton", x, None, c), x, rep=rep)
-        var.append(dict(config=repr(c), fwd_ms=round(fwd, 3), fwdbwd_ms=round(fb, 3), peak_extra_gb=round(peak, 3)))
-        print(json.dumps(var[-1]), flush=True)
-        del g
-        save()
+def packed_runner(scan, config, cu):
+    return lambda **t: scan(t["u"], t["delta"], t["A"], t["B"], t["C"], D=t["D"], z=t["z"],
+                            delta_bias=t["delta_bias"], delta_softplus=True, cu_seqlens=cu, config=config)
 
 
 def packed(out_path: Path, rep: int):
     """Packed sequences: 2^20 tokens as 8 sequences of 2^17 in batch 1 (cu_seqlens), forward and
-    forward+backward: the default config, the plain dB/dC sums, B and C loaded whole by every lane, and the
-    backward recompute at 168 registers. Saved after every row."""
+    forward+backward at the default config."""
     x = make_inputs(1, 2 ** 20)
-    cu = torch.arange(0, 2 ** 20 + 1, 2 ** 17, device="cuda", dtype=torch.int32)
+    cu = torch.arange(0, 2 ** 20 + 1, PACKED_SEQLEN, device="cuda", dtype=torch.int32)
     res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
            "cu_seqlens": cu.tolist(), "rows": []}
-    for kw in (dict(), dict(lane_sums=False), dict(bc_lanes=False, seq_bc_lanes=False), dict(bwd_chunk_maxnreg=168)):
-        cfg = ScanConfig(**kw)
+    cfg = ScanConfig()
+    fwd, fb, peak, g, _ = measure(packed_runner(selective_scan_triton, cfg, cu), x, rep=rep)
+    del g
+    res["rows"].append(dict(config=repr(cfg), fwd_ms=round(fwd, 3), fwdbwd_ms=round(fb, 3),
+                            peak_extra_gb=round(peak, 3)))
+    print(json.dumps(res["rows"][-1]), flush=True)
+    out_path.write_text(json.dumps(res, indent=1) + "\n")
 
-        def fn(**t):
-            return selective_scan_triton(t["u"], t["delta"], t["A"], t["B"], t["C"], D=t["D"], z=t["z"],
-                                         delta_bias=t["delta_bias"], delta_softplus=True, cu_seqlens=cu, config=cfg)
 
-        fwd, fb, peak, g, _ = measure(fn, x, rep=rep)
-        del g
-        res["rows"].append(dict(config=repr(cfg), fwd_ms=round(fwd, 3), fwdbwd_ms=round(fb, 3),
-                                peak_extra_gb=round(peak, 3)))
-        print(json.dumps(res["rows"][-1]), flush=True)
+def load_baseline(path: Path):
+    """A copy of the kernels package (the folder installed as dnamamba_kernels) imported under another name, so
+    that it runs beside the installed one in this process."""
+    name = "dnamamba_kernels_baseline"
+    spec = importlib.util.spec_from_file_location(name, path / "__init__.py", submodule_search_locations=[str(path)])
+    if spec is None:
+        raise SystemExit(f"bench/scan.py: error: {path} is not a copy of the kernels folder (no __init__.py)")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def baseline(out_path: Path, rep: int, base_path: Path, shapes):
+    """The installed kernels ("new") against the package at `base_path` ("baseline"), each at its default config,
+    in one process: forward and forward+backward at each shape and for packed sequences (8 x 2^17), each measured
+    twice in the order new, baseline, baseline, new so that drift hits both alike; the largest difference of the
+    output and every gradient between the two on one output gradient; per-kernel times at L=2^20. Saved after
+    every row."""
+    base = load_baseline(base_path)
+    impls = {"new": (selective_scan_triton, ScanConfig()), "baseline": (base.selective_scan_triton, base.ScanConfig())}
+    res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+           "baseline": str(base_path), "configs": {k: repr(c) for k, (_, c) in impls.items()}, "rows": []}
+
+    def save():
         out_path.write_text(json.dumps(res, indent=1) + "\n")
+
+    cases = [(b, L, None) for b, L in shapes]
+    cases.append((1, 2 ** 20, torch.arange(0, 2 ** 20 + 1, PACKED_SEQLEN, device="cuda", dtype=torch.int32)))
+    for batch, L, cu in cases:
+        x = make_inputs(batch, L)
+        fns = {k: packed_runner(scan, cfg, cu) for k, (scan, cfg) in impls.items()}
+        times = {k: [] for k in fns}
+        for k in ("new", "baseline", "baseline", "new"):
+            fwd, fb, peak, g, _ = measure(fns[k], x, rep=rep)
+            del g
+            times[k].append((fwd, fb, peak))
+        row = dict(batch=batch, seqlen=L, packed=None if cu is None else f"{(len(cu) - 1)} x {PACKED_SEQLEN}")
+        for k, t in times.items():
+            row[k] = dict(fwd_ms=[round(v[0], 3) for v in t], fwdbwd_ms=[round(v[1], 3) for v in t],
+                          peak_extra_gb=round(max(v[2] for v in t), 3))
+        mean = {k: (sum(v[0] for v in t) / 2, sum(v[1] for v in t) / 2) for k, t in times.items()}
+        row["ratio_new_to_baseline"] = dict(fwd=round(mean["new"][0] / mean["baseline"][0], 4),
+                                            fwdbwd=round(mean["new"][1] / mean["baseline"][1], 4))
+        # the same inputs and output gradient through both
+        got = {}
+        gy = None
+        for k, fn in fns.items():
+            leaves = {n: v.detach().clone().requires_grad_(True) for n, v in x.items()}
+            y = fn(**leaves)
+            gy = torch.randn_like(y) if gy is None else gy
+            y.backward(gy)
+            got[k] = {"out": y.detach(), **{n: v.grad for n, v in leaves.items()}}
+            del leaves, y
+        row["max_abs_diff"] = {n: float(f"{(got['new'][n].float() - got['baseline'][n].float()).abs().max().item():.3e}")
+                               for n in got["new"]}
+        del got, gy
+        torch.cuda.empty_cache()
+        if L == 2 ** 20 and cu is None:
+            row["kernel_ms"] = {k: kernel_times(fn, x) for k, fn in fns.items()}
+        res["rows"].append(row)
+        print(json.dumps(row), flush=True)
+        save()
+        del x
+        torch.cuda.empty_cache()
 
 
 def main():
@@ -290,30 +267,25 @@ def main():
     ap.add_argument("--shapes", default=None, help="comma list of batchxL, e.g. 8x4096,1x1048576")
     ap.add_argument("--variants", action="store_true", help="also time launch-shape variants at L=2^20")
     ap.add_argument("--no-mamba", action="store_true")
-    ap.add_argument("--diag", action="store_true", help="compare the two reverse-scan forms against float64 first")
-    ap.add_argument("--bwd-modes", action="store_true",
-                    help="only compare the backward modes (tile, seq and variants of seq), without mamba_ssm; "
-                         "writes scan_bwd_modes_h200.json")
     ap.add_argument("--rep", type=int, default=200, help="do_bench time budget per measurement, ms")
     ap.add_argument("--packed", action="store_true",
-                    help="only time packed sequences (8 x 2^17 through cu_seqlens) at the defaults and three variants; "
+                    help="only time packed sequences (8 x 2^17 through cu_seqlens) at the defaults; "
                          "writes scan_packed_h200.json")
+    ap.add_argument("--baseline", type=Path, default=None, metavar="PATH",
+                    help="only time the kernels against the kernels package copied at PATH (a kernels/ folder), "
+                         "without mamba_ssm, at --shapes (default 1x1048576,8x4096,1x131072) and packed; writes "
+                         "scan_baseline_h200.json")
     args = ap.parse_args()
-    if args.packed:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        packed(out / "scan_packed_h200.json", args.rep)
-        return
-    if args.bwd_modes:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        bwd_modes(out / "scan_bwd_modes_h200.json", args.rep)
-        return
-    if args.diag:
-        diag_reverse_scan()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     shapes = SHAPES if not args.shapes else [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    if args.packed:
+        packed(out / "scan_packed_h200.json", args.rep)
+        return
+    if args.baseline:
+        baseline(out / "scan_baseline_h200.json", args.rep, args.baseline,
+                 shapes if args.shapes else [(1, 2 ** 20), (8, 4096), (1, 2 ** 17)])
+        return
     mamba_fn = None
     if not args.no_mamba:
         sys.path.insert(0, str(Path(args.anchors).resolve()))

@@ -20,11 +20,18 @@ COMMANDS = {
     "embed": ("dnamamba.pipelines.embed", "embed FASTA records or BED intervals (.npy / .safetensors)"),
     "score-variants": ("dnamamba.pipelines.score_variants", "zero-shot log-likelihood ratio per VCF variant"),
     "demo": ("dnamamba.pipelines.demo", "pretrain on the bundled lambda phage, then embed and score"),
+    "build-variant-benchmark": ("dnamamba.pipelines.build_variant_benchmark",
+                                "labelled SNVs (synonymous/missense/nonsense/stop_lost) from a GenBank file"),
+    "fit-markov": ("dnamamba.pipelines.fit_markov", "an order-k Markov baseline that score-variants takes as model="),
+    "finetune": ("dnamamba.pipelines.finetune", "train a variant or sequence classifier on a pretrained export"),
+    "classify-variants": ("dnamamba.pipelines.classify_variants", "class probabilities per VCF variant"),
 }
 # Each command's config: its name, and the package it is read from (None: Hydra's ConfigStore, where
 # embed and score-variants register theirs; see dnamamba/pipelines/__init__.py).
 CONFIGS = {"pretrain": ("pretrain", "dnamamba.conf"), "demo": ("demo", "dnamamba.conf"),
-           "embed": ("embed", None), "score-variants": ("score_variants", None)}
+           "embed": ("embed", None), "score-variants": ("score_variants", None),
+           "build-variant-benchmark": ("build_variant_benchmark", None), "fit-markov": ("fit_markov", None),
+           "finetune": ("finetune", "dnamamba.conf"), "classify-variants": ("classify_variants", None)}
 
 USAGE = """usage: dnamamba COMMAND [key=value ...]
 

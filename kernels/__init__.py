@@ -8,9 +8,8 @@ All of them share one signature.
 """
 import torch
 
-from .chunked import selective_scan_chunked
-from .naive import selective_scan_ref
-from .triton_scan import ScanConfig, interpreting, selective_scan_triton
+from .selective_scan import (ScanConfig, ScanSaved, interpreting, selective_scan_bwd, selective_scan_chunked,
+                             selective_scan_fwd, selective_scan_ref, selective_scan_triton)
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -27,4 +26,5 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
                 initial_state=initial_state, return_final_state=return_final_state, cu_seqlens=cu_seqlens)
 
 
-__all__ = ["selective_scan", "selective_scan_ref", "selective_scan_chunked", "selective_scan_triton", "ScanConfig"]
+__all__ = ["selective_scan", "selective_scan_ref", "selective_scan_chunked", "selective_scan_triton", "ScanConfig",
+           "ScanSaved", "selective_scan_fwd", "selective_scan_bwd"]

@@ -2,10 +2,10 @@
 
     dnamamba pretrain data.fasta=PATH data.seq_len=N trainer.max_steps=N run_dir=DIR
 
-writes DIR/export/{model.safetensors,config.json,metrics.json}, DIR/metrics.json and Lightning
-checkpoints under DIR/checkpoints (resume with ckpt_path=DIR/checkpoints/last.ckpt). A run stopped by
-Ctrl-C or SIGTERM saves DIR/checkpoints/last.ckpt at the end of the current batch, says so in one line
-and exits with 130 or 143.
+writes DIR/export/{model.safetensors,config.json,metrics.json}, DIR/metrics.json, DIR/curves.png, logs
+under DIR/logs and Lightning checkpoints under DIR/checkpoints (resume with resume=auto run_dir=DIR, or
+ckpt_path=DIR/checkpoints/last.ckpt). A run stopped by Ctrl-C or SIGTERM saves DIR/checkpoints/last.ckpt
+at the end of the current batch, says so in one line and exits with 130 or 143.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import time
 import warnings
 
@@ -20,7 +21,7 @@ import hydra
 import pytorch_lightning as pl
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import RichProgressBar
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -33,9 +34,13 @@ from dnamamba.model import MambaConfig, save_export
 from dnamamba.model.export import CONFIG, WEIGHTS
 from dnamamba.reporting import print_pretrain_summary
 from dnamamba.settings import SETTINGS, build
+from dnamamba.tasks.curves import TrainingCurves
 from dnamamba.tasks.interrupt import CheckpointOnInterrupt
+from dnamamba.tasks.loggers import build_logger
+from dnamamba.tasks.monitor import TrainingMonitor
 from dnamamba.tasks.optim import OptimConfig
 from dnamamba.tasks.pretrain import CausalLMTask
+from dnamamba.tasks.resume import RunTimer, checkpoint_to_resume
 
 
 def check(cfg: DictConfig) -> None:
@@ -58,7 +63,7 @@ def check(cfg: DictConfig) -> None:
         require_file(cfg.ckpt_path, "checkpoint to resume from")
     run_dir = os.path.abspath(str(cfg.run_dir))
     # The checkpoint resumed from is read whole before training, so writing last.ckpt over it is resuming.
-    outputs = [run_dir, os.path.join(run_dir, "metrics.json"), os.path.join(run_dir, "pretrain.log")]
+    outputs = [run_dir, *(os.path.join(run_dir, name) for name in ("metrics.json", "curves.png", "pretrain.log"))]
     outputs += [os.path.join(run_dir, "export", name) for name in (WEIGHTS, CONFIG, "metrics.json")]
     refuse_overwriting_inputs(outputs, [fasta, data.bed])
     check_writable_dir(run_dir)
@@ -105,7 +110,7 @@ def _check_trainer(trainer) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            _trainer(trainer, callbacks=[], logger=False)
+            _trainer(trainer, callbacks=[], logger=False, max_time=None)
     finally:
         lightning_log.setLevel(level)
 
@@ -124,6 +129,13 @@ def run(cfg: DictConfig) -> dict:
     start = time.time()
     check(cfg)
     run_dir = os.path.abspath(cfg.run_dir)
+    # The default run_dir holds the start time (`${now:...}`), so it is new every run.
+    timed_run_dir = "${now:" in str(OmegaConf.to_container(cfg, resolve=False).get("run_dir"))
+    ckpt_path = checkpoint_to_resume(run_dir, cfg.get("resume"), cfg.ckpt_path, timed_run_dir)
+    if cfg.get("resume") is not None:
+        print("dnamamba: resume=auto: " + (f"continuing from {ckpt_path}" if ckpt_path else
+                                           f"no checkpoint in {run_dir}/checkpoints, starting fresh"), file=sys.stderr)
+    logger = build_logger(cfg.get("logger"))
     datamodule = instantiate(cfg.data)
     # Read the FASTA and build the windows before Lightning starts, so a bad file or record is reported
     # alone, not after the trainer's banners; Lightning's own calls then find the work done.
@@ -134,13 +146,19 @@ def run(cfg: DictConfig) -> dict:
     stop = CheckpointOnInterrupt(os.path.join(run_dir, "checkpoints"))
     # The CLI reports a stop signal in its own one line; Lightning would log one more.
     logging.getLogger("pytorch_lightning.trainer.connectors.signal_connector").setLevel(logging.WARNING)
-    callbacks = [*instantiate(cfg.trainer.get("callbacks") or []), stop]
+    callbacks = list(instantiate(cfg.trainer.get("callbacks") or []))
+    monitor = TrainingMonitor()
+    # The curves read the token count that the monitor logs, so the monitor comes first.
+    callbacks += [monitor, TrainingCurves(os.path.join(run_dir, "curves.png"), cfg.data.get("baselines"),
+                                          title=f"{os.path.basename(run_dir)}: L={cfg.data.seq_len}"), stop]
+    if cfg.trainer.get("max_time") is not None:
+        callbacks.append(RunTimer(duration=cfg.trainer.max_time, interval="step"))
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(RichProgressBar())
-    trainer: pl.Trainer = _trainer(cfg.trainer, callbacks=callbacks)
+    trainer: pl.Trainer = _trainer(cfg.trainer, callbacks=callbacks, logger=logger, max_time=None)
     try:
         with signals.deferred():
-            trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+            trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
     except (signals.Interrupted, SIGTERMException) as e:
         stopped = e if isinstance(e, signals.Interrupted) else signals.Interrupted(signal.SIGTERM)
         if stop.path is not None:
@@ -159,6 +177,7 @@ def run(cfg: DictConfig) -> dict:
         "val_history": history,
         "train_loss": _scalar(trainer.callback_metrics.get("train/loss")),
         "global_step": max(trainer.global_step, int(_scalar(trainer.callback_metrics.get("train/step")) or 0)),
+        "tokens": max(monitor.tokens, int(_scalar(trainer.callback_metrics.get("train/tokens")) or 0)),
         "parameters": task.model.num_parameters(),
         "seq_len": cfg.data.seq_len,
         "fasta": datamodule.fasta_path if hasattr(datamodule, "fasta_path") else cfg.data.fasta,

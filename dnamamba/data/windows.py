@@ -113,6 +113,30 @@ def held_out_start(record_length: int, val_fraction: float) -> int:
     return record_length - int(round(record_length * val_fraction))
 
 
+def acgt_tail_start(fasta: FastaFile, name: str, n_bases: int) -> int:
+    """First base of the shortest tail of record `name` that holds `n_bases` A/C/G/T bases (either case):
+    the position of the `n_bases`-th such base counted from the record end. N runs and other IUPAC codes
+    inside the tail (a chromosome's telomere gap) are part of it but not counted. 0 when the whole record
+    holds fewer."""
+    length = fasta.length(name)
+
+    def acgt_from(x: int) -> int:  # A/C/G/T bases in [x, length)
+        return (length - x) - int(fasta.n_count(name, [x], [length])[0])
+
+    if acgt_from(0) < n_bases:
+        return 0
+    lo, hi = 0, length  # acgt_from(lo) >= n_bases > acgt_from(hi) while n_bases > 0
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if acgt_from(mid) >= n_bases:
+            lo = mid
+        else:
+            hi = mid
+    # acgt_from falls by at most one a base, so the last start that still holds n_bases holds exactly
+    # n_bases and begins on an A/C/G/T base.
+    return lo
+
+
 def split_at(regions: Iterable[Window], cuts: dict[str, int]) -> tuple[list[Window], list[Window]]:
     """Cut each region at its record's held-out start `cuts[name]`: the part before it is for training,
     the part from it on for validation. Training windows tiled from the first list therefore lie
@@ -148,16 +172,31 @@ def filter_n(windows: Sequence[Window], fasta: FastaFile, max_n_fraction: float)
     order kept. Uses each record's N-run list, so it costs one scan per record, not per window."""
     if max_n_fraction >= 1.0 or not windows:
         return list(windows)
-    keep = np.zeros(len(windows), dtype=bool)
+    lengths = np.array([w.length for w in windows], dtype=np.int64)
+    keep = _n_counts(windows, fasta) <= max_n_fraction * lengths
+    return [w for w, k in zip(windows, keep) if k]
+
+
+def drop_unscored(windows: Sequence[Window], fasta: FastaFile) -> list[Window]:
+    """Windows that hold at least one A/C/G/T base, order kept: the ones a loss or a metric can use."""
+    if not windows:
+        return []
+    lengths = np.array([w.length for w in windows], dtype=np.int64)
+    keep = _n_counts(windows, fasta) < lengths
+    return [w for w, k in zip(windows, keep) if k]
+
+
+def _n_counts(windows: Sequence[Window], fasta: FastaFile) -> np.ndarray:
+    """Non-ACGT bases in each window, (len(windows),) int64; one N-run lookup per record."""
+    n = np.zeros(len(windows), dtype=np.int64)
     by_record: dict[str, list[int]] = {}
     for i, w in enumerate(windows):
         by_record.setdefault(w.name, []).append(i)
     for name, idx in by_record.items():
         starts = np.array([windows[i].start for i in idx], dtype=np.int64)
         ends = np.array([windows[i].end for i in idx], dtype=np.int64)
-        n = fasta.n_count(name, starts, ends)
-        keep[idx] = n <= max_n_fraction * (ends - starts)
-    return [w for w, k in zip(windows, keep) if k]
+        n[idx] = fasta.n_count(name, starts, ends)
+    return n
 
 
 class WindowDataset(Dataset):

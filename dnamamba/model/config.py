@@ -5,6 +5,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 
 SCAN_BACKENDS = ("auto", "torch", "naive", "triton")
+FUSED_MODES = ("auto", True, False)
 
 
 @dataclass
@@ -23,6 +24,9 @@ class MambaConfig:
     scan_backend: str = "auto"  # auto | torch | naive | triton
     scan_chunk_size: int = 32  # time steps per chunk of the PyTorch scan
     checkpoint_blocks: bool = False  # recompute each block in backward: activations O(L * d_model) per layer
+    # The fused path (model/fused.py: one autograd Function per block over the Triton kernels) or the modules
+    # of mamba.py, which stay the reference and the CPU path. auto: fused on CUDA.
+    fused: bool | str = "auto"
 
     def __post_init__(self):
         self.validate()
@@ -36,6 +40,8 @@ class MambaConfig:
 
         if self.scan_backend not in SCAN_BACKENDS:
             raise bad("scan_backend", f"must be one of {', '.join(SCAN_BACKENDS)}")
+        if self.fused not in FUSED_MODES:
+            raise bad("fused", "must be auto, true or false")
         for key in ("d_model", "n_layer", "d_state", "d_conv", "expand", "scan_chunk_size"):
             if getattr(self, key) < 1:
                 raise bad(key, "must be at least 1")

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .config import MambaConfig
-from .scan import scan_fn
+from .fused import fused_block
+from .scan import add_rms_norm, linear_cross_entropy, scan_fn, use_fused
 
 
 def _fp32_or_wider(t: torch.Tensor) -> torch.Tensor:
@@ -150,21 +151,34 @@ class MambaLM(nn.Module):
         raise ValueError(f"layer must be in [-{n + 1}, {n}], got {layer}")
 
     def hidden_states(self, tokens: torch.Tensor, layer: int | Sequence[int] = -1,
-                      state: list[LayerState] | None = None, return_state: bool = False):
+                      state: list[LayerState] | None = None, return_state: bool = False,
+                      cu_seqlens: torch.Tensor | None = None):
         """tokens (B, L) long -> hidden (B, L, d_model) after block `layer` (-1: after the final norm).
 
-        With a list of layers, one pass gives a list of hiddens in that order. The states cover the
-        blocks run, up to the deepest layer asked for.
+        With a list of layers, one pass gives a list of hiddens in that order; the states cover the blocks
+        run, up to the deepest layer asked for. cu_seqlens (nseq+1,): sequences packed along L in batch 1,
+        each starting from its own state (the fused path only); `state` then holds one entry per sequence.
         """
         many = isinstance(layer, (list, tuple))
         stops = [self._layer_index(x) for x in (layer if many else [layer])]
+        if use_fused(self.cfg.fused, tokens.device):
+            kept, new_states = self._fused_hidden_states(tokens, stops, state, return_state, cu_seqlens)
+        elif cu_seqlens is not None:
+            raise ValueError("packed sequences (cu_seqlens) need the fused path (model.fused=true)")
+        else:
+            kept, new_states = self._reference_hidden_states(tokens, stops, state, return_state)
+        out = [kept[i] for i in stops] if many else kept[stops[0]]
+        return (out, new_states) if return_state else out
+
+    def _reference_hidden_states(self, tokens, stops, state, return_state):
+        """The blocks as modules: {layer index: hidden (B, L, d_model)} for each of `stops`, and the states."""
         last = max(stops)
         h = self.embedding(tokens)  # (B, L, d_model)
         kept = {}
         new_states = []
         for i, block in enumerate(self.layers[:min(last + 1, self.cfg.n_layer)]):
             s = None if state is None else state[i]
-            if self.cfg.checkpoint_blocks and self.training and not return_state and s is None:
+            if self._checkpointing(return_state, s):
                 h, ns = checkpoint(block, h, None, False, use_reentrant=False)
             else:
                 h, ns = block(h, s, return_state)
@@ -173,8 +187,40 @@ class MambaLM(nn.Module):
                 kept[i] = h
         if last == self.cfg.n_layer:
             kept[last] = self.norm_f(h)
-        out = [kept[i] for i in stops] if many else kept[stops[0]]
-        return (out, new_states) if return_state else out
+        return kept, new_states
+
+    def _checkpointing(self, return_state: bool, state) -> bool:
+        return self.cfg.checkpoint_blocks and self.training and not return_state and state is None
+
+    def _fused_hidden_states(self, tokens, stops, state, return_state, cu_seqlens):
+        """_reference_hidden_states on the fused path: the residual stream stays fp32 and each block's add +
+        norm is fused into the next block (model/fused.py)."""
+        last = max(stops)
+        residual = self.embedding(tokens)  # (B, L, d_model), fp32 like the parameters
+        x = None  # the previous block's mixer output, added to the residual inside the next block
+        kept = {}
+        new_states = []
+        for i, block in enumerate(self.layers[:min(last + 1, self.cfg.n_layer)]):
+            s = None if state is None else state[i]
+            if self._checkpointing(return_state, s):
+                # The checkpoint keeps the block's inputs: one fp32 stream after the add costs 4 bytes a value
+                # against 6 for the fp32 residual and the bf16 mixer output apart.
+                residual = residual if x is None else residual + x
+                x, residual, ns = checkpoint(fused_block, block, residual, None, None, False, cu_seqlens,
+                                             use_reentrant=False)
+            else:
+                x, residual, ns = fused_block(block, residual, x, s, return_state, cu_seqlens)
+            new_states.append(None if ns is None else LayerState(conv=ns[0], ssm=ns[1]))
+            if i in stops:
+                kept[i] = residual if x is None else residual + x  # the block's output, as the reference returns it
+        if last == self.cfg.n_layer:
+            kept[last], _ = add_rms_norm(x, residual, self.norm_f.weight, self.norm_f.eps)  # (B, L, d_model)
+        return kept, new_states
+
+    def advance(self, tokens: torch.Tensor, state: list[LayerState] | None = None) -> list[LayerState]:
+        """The state after reading tokens (B, L), without the final norm or the head: all a prefix that scores
+        nothing is needed for."""
+        return self.hidden_states(tokens, self.cfg.n_layer - 1, state=state, return_state=True)[1]
 
     def forward(self, tokens: torch.Tensor, state: list[LayerState] | None = None, return_state: bool = False):
         """tokens (B, L) long -> logits (B, L, vocab) for the next token at each position."""
@@ -182,6 +228,22 @@ class MambaLM(nn.Module):
         h, new_states = out if return_state else (out, None)
         logits = F.linear(h, self.embedding.weight.to(h.dtype))  # (B, L, vocab), tied head
         return (logits, new_states) if return_state else logits
+
+    def next_token_nll(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, L) -> (B, L-1) fp32: -log p(tokens[:, t+1] | tokens[:, :t+1]), in nats.
+
+        On the fused path the tied head and the cross-entropy run in chunks of rows, so the (B, L, vocab)
+        fp32 logits never exist; elsewhere it is the plain cross-entropy of `forward`'s logits.
+        """
+        if not use_fused(self.cfg.fused, tokens.device):
+            logits = self(tokens)
+            return F.cross_entropy(logits[:, :-1].float().transpose(1, 2), tokens[:, 1:], reduction="none")
+        h = self.hidden_states(tokens)  # (B, L, d_model)
+        # Every row is scored against the next token (the last row against padding and dropped), so the
+        # hidden rows go in as one contiguous view instead of a copy of h[:, :-1].
+        targets = F.pad(tokens[:, 1:], (0, 1))  # (B, L)
+        nll = linear_cross_entropy(h.flatten(0, 1), self.embedding.weight, targets.flatten())
+        return nll.view_as(tokens)[:, :-1]
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

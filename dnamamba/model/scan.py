@@ -1,4 +1,5 @@
-"""The one seam between the model and the kernels: pick a selective-scan implementation.
+"""The one seam between the model and the kernels: pick a selective-scan implementation, and the kernels
+of the fused path (model/fused.py).
 
 auto: the Triton kernels for CUDA tensors, the chunked PyTorch scan elsewhere.
 torch: the chunked PyTorch scan. naive: the reference loop. triton: the Triton kernels always
@@ -11,6 +12,11 @@ import functools
 import torch
 
 import dnamamba_kernels as K
+from dnamamba_kernels import selective_scan_bwd, selective_scan_fwd
+from dnamamba_kernels.conv1d import causal_conv1d_bwd as _conv_bwd
+from dnamamba_kernels.conv1d import causal_conv1d_fwd as _conv_fwd
+from dnamamba_kernels.cross_entropy import linear_cross_entropy
+from dnamamba_kernels.rms_norm import add_rms_norm, rms_norm_bwd, rms_norm_fwd
 
 
 def scan_fn(backend: str, device: torch.device, chunk_size: int):
@@ -22,3 +28,25 @@ def scan_fn(backend: str, device: torch.device, chunk_size: int):
     if backend in ("auto", "triton"):
         return K.selective_scan
     raise ValueError(f"unknown scan backend {backend!r}")
+
+
+def use_fused(fused, device: torch.device) -> bool:
+    """Whether the model takes the fused path: `fused` is MambaConfig.fused (auto: on CUDA)."""
+    if fused == "auto":
+        return device.type == "cuda"
+    return bool(fused)
+
+
+def causal_conv1d_fwd(x, weight, bias, initial_state, cu_seqlens, return_final_state=False):
+    """Depthwise causal conv1d + SiLU, no autograd. x (B, L, D) -> (B, L, D) [, final conv state]."""
+    return _conv_fwd(x, weight, bias, activation="silu", initial_state=initial_state, cu_seqlens=cu_seqlens,
+                     return_final_state=return_final_state)
+
+
+def causal_conv1d_bwd(x, weight, bias, dy, initial_state, cu_seqlens):
+    """(dx, dweight, dbias, dinitial_state) of `causal_conv1d_fwd`; recomputes the conv from x."""
+    return _conv_bwd(x, weight, bias, dy, activation="silu", initial_state=initial_state, cu_seqlens=cu_seqlens)
+
+
+__all__ = ["scan_fn", "use_fused", "causal_conv1d_fwd", "causal_conv1d_bwd", "rms_norm_fwd", "rms_norm_bwd",
+           "add_rms_norm", "linear_cross_entropy", "selective_scan_fwd", "selective_scan_bwd"]

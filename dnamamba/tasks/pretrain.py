@@ -11,7 +11,6 @@ from dataclasses import asdict
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 import torchmetrics
 
 from ..model import MambaConfig, MambaLM
@@ -19,12 +18,6 @@ from .distributed import destroy_process_group_at_exit
 from .optim import OptimConfig, build_optimizer
 
 LN2 = math.log(2.0)
-
-
-def next_base_nll(logits: torch.Tensor, tokens: torch.Tensor, weight: torch.Tensor):
-    """Per-position NLL (nats) of tokens[:, 1:] given the prefix. logits (B, L, V) -> nll, w: (B, L-1)."""
-    nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), tokens[:, 1:], reduction="none")  # (B, L-1)
-    return nll, weight[:, 1:].float()
 
 
 class CausalLMTask(pl.LightningModule):
@@ -48,7 +41,8 @@ class CausalLMTask(pl.LightningModule):
 
     def _step(self, batch):
         tokens, weight = batch["tokens"], batch["loss_weight"]  # (B, L) each
-        nll, w = next_base_nll(self.model(tokens), tokens, weight)
+        nll = self.model.next_token_nll(tokens)  # (B, L-1), nats
+        w = weight[:, 1:].float()
         loss = (nll * w).sum() / w.sum().clamp(min=1e-6)
         scored = (w > 0).float()
         return loss, (nll * scored).sum(), scored.sum()

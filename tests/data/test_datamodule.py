@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from dnamamba.alphabet import decode
 from dnamamba.data.datamodule import DataConfig, FastaDataModule
 from dnamamba.data.fasta import FastaFile, demo_genome_path
-from dnamamba.data.windows import held_out_start
+from dnamamba.data.windows import acgt_tail_start, held_out_start
 from dnamamba.errors import InputError
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "data"
@@ -153,9 +153,10 @@ def test_chr20_config_skips_n_windows(monkeypatch, shared):
     monkeypatch.setenv("DNAMAMBA_DATA_DIR", str(path.parent))
     dm = load("chr20", num_workers=0)
     dm.setup()
-    cut = held_out_start(63_025_520, 0.08)
-    assert all(w.end <= cut for w in dm.train_windows)
-    assert all(w.start >= cut for w in dm.val_windows)
+    with FastaFile(path) as f:
+        cut = acgt_tail_start(f, "20", 5_000_000)
+    assert max(w.end for w in dm.train_windows) <= cut
+    assert min(w.start for w in dm.val_windows) == cut
     with FastaFile(path) as f:
         # The first 60 kb of chr20 are N: no training window may start there.
         assert dm.train_windows[0].start >= 60000 - 4096 * 0.1
@@ -192,3 +193,72 @@ def test_val_bases_holds_out_a_fixed_tail():
         load("lambda", val_bases=100, seq_len=256).setup("fit")
     with pytest.raises(InputError, match="val_bases"):
         FastaDataModule(val_bases=0)
+
+
+def acgt(seq: bytes) -> int:
+    return sum(seq.upper().count(c) for c in b"ACGT")
+
+
+def test_val_acgt_bases_holds_out_the_last_non_n_bases(n_fixture):
+    # 20_58000_62000 is 2,000 N then 2,000 bases; 20_29651908_29655908 is 2,000 bases then 2,000 N, so its
+    # held-out tail must reach back past the N run to find 500 bases.
+    dm = FastaDataModule(fasta=str(n_fixture), seq_len=256, val_acgt_bases=500, max_n_fraction=1.0)
+    dm.setup()
+    with FastaFile(n_fixture) as f:
+        for name, cut in (("20_58000_62000", 3500), ("20_29651908_29655908", 1500)):
+            train = [w for w in dm.train_windows if w.name == name]
+            val = [w for w in dm.val_windows if w.name == name]
+            assert max(w.end for w in train) == cut and min(w.start for w in val) == cut
+            assert acgt(f.fetch(name, cut, 4000)) == 500 and acgt(f.fetch(name, cut, cut + 1)) == 1
+            # Every held-out A/C/G/T base is in exactly one validation window; all-N windows are dropped.
+            assert sum(acgt(f.fetch(w.name, w.start, w.end)) for w in val) == 500
+            assert all(acgt(f.fetch(w.name, w.start, w.end)) > 0 for w in val)
+    assert len([w for w in dm.val_windows if w.name == "20_29651908_29655908"]) == 2  # [1500, 2012) as 2 x 256
+    with pytest.raises(InputError, match="val_acgt_bases.*val_bases"):
+        FastaDataModule(val_bases=100, val_acgt_bases=100)
+    with pytest.raises(InputError, match="data.val_acgt_bases=0"):
+        FastaDataModule(val_acgt_bases=0)
+
+
+def test_chr20_validation_is_the_last_5_mb_of_bases_at_2_20(monkeypatch, shared):
+    """The chr20_1m experiment's split: windows of 2^20 cover all 5,000,000 held-out A/C/G/T bases."""
+    path = shared("hs37_chr20.fa.gz")
+    monkeypatch.setenv("DNAMAMBA_DATA_DIR", str(path.parent))
+    dm = load("chr20", num_workers=0, seq_len=2 ** 20, tokens_per_step=2 ** 20)
+    dm.setup()
+    with FastaFile(path) as f:
+        end = f.length("20")
+        cut = min(w.start for w in dm.val_windows)
+        assert acgt(f.fetch("20", cut, end)) == 5_000_000 and acgt(f.fetch("20", cut, cut + 1)) == 1
+        assert sum(acgt(f.fetch("20", w.start, w.end)) for w in dm.val_windows) == 5_000_000
+    assert max(w.end for w in dm.val_windows) == end and len(dm.val_windows) == -(-(end - cut) // 2 ** 20)
+    assert max(w.end for w in dm.train_windows) == cut
+    assert dm.config.train_batch_size == 1
+
+
+def test_tokens_per_step_sets_the_batch_size():
+    dm = FastaDataModule(seq_len=128, tokens_per_step=1024, batch_size=3)
+    dm.setup()
+    assert next(iter(dm.train_dataloader()))["tokens"].shape == (8, 128)
+    assert next(iter(dm.val_dataloader()))["tokens"].shape == (8, 128)
+    dm = FastaDataModule(seq_len=128, tokens_per_step=1024, val_batch_size=2)
+    dm.setup()
+    assert next(iter(dm.val_dataloader()))["tokens"].shape == (2, 128)
+    assert FastaDataModule(seq_len=4096, tokens_per_step=4096).config.train_batch_size == 1
+    with pytest.raises(InputError, match="data.tokens_per_step=1000.*not a multiple of data.seq_len=128"):
+        FastaDataModule(seq_len=128, tokens_per_step=1000)
+    with pytest.raises(InputError, match="data.tokens_per_step=64.*smaller than one window"):
+        FastaDataModule(seq_len=128, tokens_per_step=64)
+
+
+def test_shuffle_order_follows_seed_and_epoch():
+    from dnamamba.data.datamodule import EpochShuffle
+
+    def order(seed, epoch):
+        sampler = EpochShuffle(range(50), seed)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    assert sorted(order(0, 3)) == list(range(50))
+    assert order(0, 3) == order(0, 3)  # what a resumed run at epoch 3 sees
+    assert order(0, 0) != order(0, 1) and order(0, 1) != order(1, 1)

@@ -38,3 +38,21 @@ def test_cuda_scores_match_cpu(tmp_path, tiny_export, lambda_path):
     cuda, cpu = run("cuda"), run("cpu")
     assert len(cuda) == 11
     np.testing.assert_allclose(cuda, cpu, rtol=1e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("context", ["window", "tile"])
+def test_cuda_shared_method_equals_plain(tmp_path, tiny_export, lambda_path, context):
+    """On CUDA, the shared-context reading (pinned uploads, queued work, one sync per block) gives the
+    scores of reading every window whole, on the lambda fixture's SNVs, indels and contig-edge variants."""
+    def run(method):
+        out = tmp_path / f"{method}.tsv"
+        vcf = str(VCF_FIXTURES / "lambda_variants.vcf")
+        score_vcf(ScoreVariantsConfig(model=tiny_export, fasta=lambda_path, vcf=vcf, out=str(out), window=2048,
+                                      context=context, tile_size=4096, rc_average=True, method=method,
+                                      device="cuda", batch_size=5, progress=False))
+        rows = [line.split("\t") for line in out.read_text().splitlines()[1:]]
+        return np.array([float(r[5]) for r in rows if r[6] == "ok"])
+
+    shared, plain = run("shared"), run("plain")
+    assert len(shared) == 11
+    np.testing.assert_allclose(shared, plain, rtol=1e-4, atol=1e-3)

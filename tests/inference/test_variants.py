@@ -348,3 +348,150 @@ def test_bcf_output_reads_back_as_input(tmp_path, tiny_export, lambda_path):
     score_vcf(_cfg(tmp_path, tiny_export, lambda_path, tmp_path / "first.bcf", "second.tsv", window=32,
                    info_field="AGAIN"))
     assert (tmp_path / "first.tsv").read_text() == (tmp_path / "second.tsv").read_text()
+
+
+def _tsv_scores(path) -> dict:
+    """(id or pos, alt) -> score (None when not scored) from a TSV output."""
+    out = {}
+    for line in path.read_text().splitlines()[1:]:
+        r = line.split("\t")
+        out[(r[2] if r[2] != "." else r[1], r[4])] = None if r[5] == "NA" else float(r[5])
+    return out
+
+
+@pytest.mark.parametrize("context, rc_average, reduce", [
+    ("window", False, "sum"), ("window", True, "mean"), ("tile", False, "mean"), ("tile", True, "sum"),
+])
+def test_shared_method_equals_plain_on_the_lambda_fixture(tmp_path, tiny_export, lambda_path, context, rc_average,
+                                                          reduce):
+    """method=shared (context read once, state carried) gives the scores of method=plain (every window
+    whole) for SNVs, an MNV, indels, three ALTs of one record and variants at both contig ends; under
+    context=tile the variants at 15000/15002 and 48500/48502 share one reference pass."""
+    scores = {}
+    for method in ("plain", "shared"):
+        score_vcf(_cfg(tmp_path, tiny_export, lambda_path, VCF_FIXTURES / "lambda_variants.vcf", f"{method}.tsv",
+                       window=64, context=context, tile_size=48, rc_average=rc_average, reduce=reduce,
+                       method=method, batch_size=3))
+        scores[method] = _tsv_scores(tmp_path / f"{method}.tsv")
+    assert scores["plain"].keys() == scores["shared"].keys()
+    assert sum(v is not None for v in scores["plain"].values()) == 11
+    for key, plain in scores["plain"].items():
+        shared = scores["shared"][key]
+        assert (plain is None) == (shared is None)
+        if plain is not None:
+            assert shared == pytest.approx(plain, rel=1e-5, abs=2e-5), key  # the TSV keeps 6 digits
+
+
+def test_chr20_indels_shared_equals_plain(tmp_path, tiny_export, chr20):
+    """The 194 real indels and variants at chr20's first and last bases (N runs), both contexts."""
+    fasta, vcf = chr20
+    for context in ("window", "tile"):
+        got = {}
+        for method in ("plain", "shared"):
+            out = tmp_path / f"{context}_{method}.tsv"
+            summary = score_vcf(_cfg(tmp_path, tiny_export, fasta, vcf, out.name, window=64, context=context,
+                                     tile_size=300, method=method, batch_size=64))
+            assert summary["scored"] == 194
+            got[method] = np.array([float(line.split("\t")[5]) for line in out.read_text().splitlines()[1:]])
+        np.testing.assert_allclose(got["shared"], got["plain"], rtol=1e-5, atol=2e-5)
+    edges = tmp_path / "edges.vcf"
+    with FastaFile(fasta) as f:
+        n = f.lengths["20"]
+        mid = f.fetch("20", 60010, 60013).decode()
+    edges.write_text("##fileformat=VCFv4.2\n##contig=<ID=20,length=63025520>\n"
+                     "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
+                     f"20\t1\tfirst\tN\tA,NNC\t.\t.\t.\n20\t60011\tgap_end\t{mid}\tA\t.\t.\t.\n"
+                     f"20\t{n - 1}\tlast\tNN\tA\t.\t.\t.\n")
+    for context in ("window", "tile"):
+        got = {}
+        for method in ("plain", "shared"):
+            score_vcf(_cfg(tmp_path, tiny_export, fasta, edges, f"e_{method}.tsv", window=128, context=context,
+                           rc_average=True, method=method))
+            got[method] = _tsv_scores(tmp_path / f"e_{method}.tsv")
+        assert len(got["plain"]) == 4
+        for key, value in got["plain"].items():
+            assert got["shared"][key] == pytest.approx(value, rel=1e-5, abs=2e-5), key
+
+
+def test_reduce_mean_divides_each_window_by_its_scored_bases(lambda_fasta):
+    model = tiny_model()
+    ref_w, alt_w = _lambda_windows(lambda_fasta, 4999, 1, b"CTTA", 64)  # an insertion: 3 more ALT positions
+    n_ref = sum(chr(b) in "ACGTacgt" for b in ref_w.seq[ref_w.left:])
+    n_alt = sum(chr(b) in "ACGTacgt" for b in alt_w.seq[alt_w.left:])
+    assert n_alt == n_ref + 3
+    expected = (_direct_log_likelihood(model, alt_w.seq, alt_w.left) / n_alt
+                - _direct_log_likelihood(model, ref_w.seq, ref_w.left) / n_ref)
+    assert score_windows(model, [(ref_w, alt_w)], reduce="mean")[0] == pytest.approx(expected, abs=1e-5)
+
+
+def test_tile_context_reads_from_before_the_tile(tmp_path, tiny_export, lambda_path, lambda_fasta):
+    """context=tile: the windows of a variant at 0-based s start window//2 bases before s's tile
+    (s // tile_size * tile_size), straight from the definition, for an SNV and a deletion."""
+    from dnamamba.model import load_export
+
+    model = load_export(tiny_export, "cpu")
+    window, tile = 40, 100
+    left, right = flank_lengths(window)
+    cases = [(1234, "A", 1), (1260, "G", 4)]  # (0-based start, ALT, REF length); one tile, [1200, 1300)
+    vcf = tmp_path / "tile.vcf"
+    lines = []
+    for s, alt, r in cases:
+        ref = lambda_fasta.fetch(LAMBDA, s, s + r).decode()
+        alt = alt if alt != ref[0] else "C"
+        lines.append((s, ref, alt if r == 1 else ref[0]))
+    vcf.write_text(f"##fileformat=VCFv4.2\n##contig=<ID={LAMBDA},length=48502>\n"
+                   "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n" +
+                   "".join(f"{LAMBDA}\t{s + 1}\t.\t{ref}\t{alt}\t.\t.\t.\n" for s, ref, alt in lines))
+    score_vcf(_cfg(tmp_path, tiny_export, lambda_path, vcf, "tile.tsv", window=window, context="tile",
+                   tile_size=tile))
+    got = [float(line.split("\t")[5]) for line in (tmp_path / "tile.tsv").read_text().splitlines()[1:]]
+    for (s, ref, alt), score in zip(lines, got):
+        a = s // tile * tile - left
+        assert a == 1180
+        ref_seq = lambda_fasta.fetch(LAMBDA, a, s + len(ref) + right)
+        alt_seq = ref_seq[:s - a] + alt.encode() + ref_seq[s - a + len(ref):]
+        expected = _direct_log_likelihood(model, alt_seq, s - a) - _direct_log_likelihood(model, ref_seq, s - a)
+        assert score == pytest.approx(expected, rel=1e-5, abs=2e-5)  # the TSV keeps 6 digits
+
+
+def test_symbolic_record_with_undeclared_end_is_written_through(tmp_path, tiny_export, lambda_path):
+    """A symbolic ALT with INFO/END that the header never declares: kept, unscored, END as written."""
+    vcf = tmp_path / "end.vcf"
+    vcf.write_text(f"##fileformat=VCFv4.2\n##contig=<ID={LAMBDA},length=48502>\n"
+                   "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
+                   f"{LAMBDA}\t1000\tsnv\tA\tG\t.\t.\t.\n{LAMBDA}\t15000\tdel\tG\t<DEL>\t.\t.\tEND=15100\n")
+    for out in ("out.vcf", "out.bcf"):
+        summary = score_vcf(_cfg(tmp_path, tiny_export, lambda_path, vcf, out, window=16))
+        assert summary["scored"] == 1 and summary["skipped"] == {"symbolic": 1}
+        with pysam.VariantFile(str(tmp_path / out)) as scored:
+            records = list(scored)
+        assert [r.id for r in records] == ["snv", "del"]
+        assert records[1].stop == 15100  # pysam reads INFO/END as the record's stop
+        assert "DNAMAMBA_LLR" not in records[1].info and len(records[0].info["DNAMAMBA_LLR"]) == 1
+    assert "\tEND=15100\n" in (tmp_path / "out.vcf").read_text()
+
+
+def test_end_declared_as_string_is_one_error_naming_the_record(tmp_path, tiny_export, lambda_path):
+    vcf = tmp_path / "end_string.vcf"
+    vcf.write_text(f"##fileformat=VCFv4.2\n##INFO=<ID=END,Number=1,Type=String,Description=\"e\">\n"
+                   f"##contig=<ID={LAMBDA},length=48502>\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
+                   f"{LAMBDA}\t15000\tdel\tG\t<DEL>\t.\t.\tEND=15100\n")
+    with pytest.raises(InputError) as e:
+        score_vcf(_cfg(tmp_path, tiny_export, lambda_path, vcf, "out.vcf", window=16))
+    assert e.value.record == f"{LAMBDA}:15000" and "Type=String" in str(e.value)
+    assert sorted(os.listdir(tmp_path)) == ["end_string.vcf"]
+
+
+def test_no_contig_in_the_fasta_is_an_error_with_a_chr_hint(tmp_path, tiny_export, lambda_fasta):
+    fasta = tmp_path / "ref.fa"
+    fasta.write_text(">20\n" + lambda_fasta.fetch(LAMBDA, 0, 600).decode() + "\n")
+    vcf = tmp_path / "chr.vcf"
+    vcf.write_text("##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
+                   "chr20\t100\t.\tA\tG\t.\t.\t.\nchr20\t200\t.\tA\tG\t.\t.\t.\n")
+    with pytest.raises(InputError) as e:
+        score_vcf(_cfg(tmp_path, tiny_export, fasta, vcf, "out.tsv"))
+    assert "'chr' prefix" in str(e.value) and "'chr20' here, '20' in the FASTA" in str(e.value)
+    assert e.value.path == str(vcf) and not (tmp_path / "out.tsv").exists()
+    vcf.write_text("##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\nY\t1\t.\tA\tG\t.\t.\t.\n")
+    with pytest.raises(InputError, match="none of its contigs \\('Y'\\)"):
+        score_vcf(_cfg(tmp_path, tiny_export, fasta, vcf, "out.tsv"))

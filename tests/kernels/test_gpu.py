@@ -15,19 +15,20 @@ TOL = {torch.float32: dict(rtol=6e-4, atol=2e-3), torch.float16: dict(rtol=3e-3,
        torch.bfloat16: dict(rtol=3e-2, atol=5e-2)}
 
 
-# the defaults of each backward mode; "seq" without any warp-level PTX (per-state channel sums, B and C
-# loaded whole by every lane) and 32-step checkpoints; and "seq" with a register cap, B/C loaded at the step
-# and the walk unrolled by two
-GPU_CONFIGS = {"tile": dict(bwd_mode="tile"), "seq": dict(bwd_mode="seq"),
-               "seq_plain_sub32": dict(bwd_mode="seq", lane_sums=False, bc_lanes=False, seq_bc_lanes=False, sub=32),
-               "seq_capped_unroll2": dict(bwd_mode="seq", seq_maxnreg=168, seq_programs_per_sm=12,
-                                          seq_prefetch_bc=False, seq_walk_unroll=2)}
+# the defaults; and launch shapes where no warp-level PTX applies (two channels a thread in the forward passes
+# and the recompute, 64 channels in two warps in the backward walk), so B and C rows are loaded whole by every
+# lane and dB/dC summed per state, with 32-step checkpoints
+GPU_CONFIGS = {"default": dict(),
+               "plain_rows_sub32": dict(block_d=256, warps=4, seq_block_d=64, seq_warps=2, seq_programs_per_sm=4,
+                                        sub=32)}
 
 
 @pytest.fixture(params=list(GPU_CONFIGS))
 def scan(request):
-    """The Triton scan at the default launch shapes, with each backward mode."""
+    """The Triton scan at the default launch shapes, and at shapes that take the plain paths."""
     cfg = ScanConfig(**GPU_CONFIGS[request.param])
+    lanes = request.param == "default"
+    assert cfg.seq_lanes(16, 64, 1) == lanes and cfg.block_lanes(16, 64, 1) == lanes
 
     def run(*args, **kw):
         return selective_scan_triton(*args, config=cfg, **kw)
@@ -99,17 +100,13 @@ def test_int64_offsets_past_2_31_elements(scan):
 
 @pytest.mark.parametrize("opts", [dict(), dict(use_D=False, use_z=False, use_bias=False, softplus=False, use_h0=False)],
                          ids=["all_options", "no_options"])
-@pytest.mark.parametrize("cfg", [dict(lane_sums=True, bc_lanes=False, seq_bc_lanes=False),
-                                 dict(lane_sums=True, seq_prefetch_h=True, seq_maxnreg=200, seq_programs_per_sm=10,
-                                      seq_prefetch_bc=False),
-                                 dict(lane_sums=True, bc_lanes=True, seq_bc_lanes=True)],
-                         ids=["lane_sums", "prefetch", "bc_lanes"])
-def test_gpu_lane_sums_match_reference(opts, cfg):
-    """The PTX channel sums of the "seq" backward (one group, 160 channels: five blocks of 32) against float64."""
+def test_gpu_lane_sums_match_reference(opts):
+    """The PTX channel sums and row broadcasts (one group, 160 channels: five blocks of 32) against float64."""
     tensors = make_inputs(2, 1500, 160, 16, 1, seed=11, device="cuda")
     if not opts.get("softplus", True):
         tensors[1] = tensors[1].abs()  # a negative step size grows the state past fp32 over 1500 steps
     gy = torch.randn(2, 1500, 160, device="cuda")
-    scan = ScanConfig(bwd_mode="seq", **cfg)
-    assert_matches_reference(lambda *a, **k: selective_scan_triton(*a, config=scan, **k), tensors, TOL[torch.float32],
+    cfg = ScanConfig()
+    assert cfg.seq_lanes(16, 160, 1) and cfg.block_lanes(16, 160, 1)
+    assert_matches_reference(lambda *a, **k: selective_scan_triton(*a, config=cfg, **k), tensors, TOL[torch.float32],
                              gy, **opts)

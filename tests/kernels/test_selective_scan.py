@@ -1,52 +1,53 @@
 """The Triton selective scan against the float64 reference, run on CPU under TRITON_INTERPRET=1.
 
-Small launch shapes (chunk 16, backward tiles of 4 steps, 8 channels a program) let tiny inputs
-cross every boundary the GPU shapes have: chunk edges (15, 16, 17), tile edges, several chunks (33,
+Small launch shapes (chunk 16, checkpoints every 4 steps, 8 channels a program) let tiny inputs
+cross every boundary the GPU shapes have: chunk edges (15, 16, 17), sub-tile edges, several chunks (33,
 70), several channel blocks with an odd dim, and channel blocks that straddle B/C groups. Every test
-runs with both backward modes; "seq" runs 3 persistent programs, so each takes several work items.
+runs with both forms of the backward walk; it runs 3 persistent programs, so each takes several work items.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
 
 import dnamamba_kernels
 from dnamamba_kernels import ScanConfig, selective_scan, selective_scan_ref, selective_scan_triton
-from dnamamba_kernels.triton_scan import _lane_broadcast_ptx, _lane_sums_ptx
+from dnamamba_kernels.selective_scan import scan as scan_module
+from dnamamba_kernels.selective_scan.registry import KERNELS
+from dnamamba_kernels.selective_scan.warp import _lane_broadcast_ptx, _lane_sums_ptx
 
 from kernel_inputs import as64, assert_matches_reference, make_inputs, run_scan
 
-# "seq" replays each sub-tile in pieces of 2 steps; "seq_one_piece" keeps the whole sub-tile at once, hands
-# out its work items chunk-first and loads B and C at each step instead of ahead
-BWD_MODES = ("tile", "seq", "seq_one_piece")
-SMALL = {mode: ScanConfig(chunk=16, sub=4, block_d=8, warps=1, bwd_block_d=8, bwd_warps=1, carry_block=64,
-                          bwd_mode=mode.split("_")[0], seq_block_d=8, seq_warps=1, seq_programs_per_sm=3,
-                          seq_piece=4 if mode == "seq_one_piece" else 2, seq_chunks_first=mode == "seq_one_piece",
-                          seq_prefetch_bc=mode != "seq_one_piece")
-         for mode in BWD_MODES}
+# "two_level" replays each sub-tile in pieces of 2 steps; "one_level" keeps the whole sub-tile at once
+WALKS = ("two_level", "one_level")
+SMALL = {walk: ScanConfig(chunk=16, sub=4, block_d=8, warps=1, carry_block=64, seq_block_d=8, seq_warps=1,
+                          seq_programs_per_sm=3, seq_piece=4 if walk == "one_level" else 2)
+         for walk in WALKS}
 TOL = {torch.float32: dict(rtol=6e-4, atol=2e-3), torch.bfloat16: dict(rtol=3e-2, atol=5e-2)}
 OPTS = ("use_D", "use_z", "use_bias", "softplus", "use_h0")
 
 
-@pytest.fixture(params=BWD_MODES)
-def bwd_mode(request):
+@pytest.fixture(params=WALKS)
+def walk(request):
     return request.param
 
 
-def small_scan(mode):
+def small_scan(walk):
     def scan(*args, **kw):
-        return selective_scan_triton(*args, config=SMALL[mode], **kw)
+        return selective_scan_triton(*args, config=SMALL[walk], **kw)
 
     return scan
 
 
-def compare(tensors, dtype, opts, mode, grad_final=True, cu_seqlens=None):
+def compare(tensors, dtype, opts, walk, grad_final=True, cu_seqlens=None):
     y_ref, f_ref, g_ref = None, None, None
     # the output gradient reaches the kernels in the output dtype: give the reference the same values
     gy = torch.randn(tensors[0].shape, generator=torch.Generator().manual_seed(1)).to(dtype).float()
     nstate = tensors[8].shape
     gf = torch.randn(nstate, generator=torch.Generator().manual_seed(2)) if grad_final else None
-    y, f, g = run_scan(small_scan(mode), tensors, grad_out=gy, grad_final=gf, cu_seqlens=cu_seqlens, **opts)
+    y, f, g = run_scan(small_scan(walk), tensors, grad_out=gy, grad_final=gf, cu_seqlens=cu_seqlens, **opts)
     y_ref, f_ref, g_ref = run_scan(selective_scan_ref, as64(tensors), grad_out=gy.double(),
                                    grad_final=None if gf is None else gf.double(), cu_seqlens=cu_seqlens, **opts)
     tol = TOL[dtype]
@@ -73,32 +74,28 @@ CASES = [
 
 
 @pytest.mark.parametrize("batch,seqlen,dim,dstate,ngroups,dtype,off", CASES)
-def test_matches_reference_forward_and_all_gradients(interpret, bwd_mode, batch, seqlen, dim, dstate, ngroups, dtype,
+def test_matches_reference_forward_and_all_gradients(interpret, walk, batch, seqlen, dim, dstate, ngroups, dtype,
                                                      off):
     tensors = make_inputs(batch, seqlen, dim, dstate, ngroups, dtype=dtype, seed=seqlen)
-    compare(tensors, dtype, {k: k not in off for k in OPTS}, bwd_mode)
+    compare(tensors, dtype, {k: k not in off for k in OPTS}, walk)
 
 
-def test_every_output_element_is_written(interpret, bwd_mode, monkeypatch):
-    """Outputs and scratch start as NaN: any element the kernels skip would surface. Also checks that the
-    mode's own backward kernel ran."""
-    import dnamamba_kernels.triton_scan as impl
-
-    monkeypatch.setattr(impl, "_empty", lambda *s, dtype, device: torch.full(s, float("nan"), dtype=dtype,
-                                                                              device=device))
-    monkeypatch.setattr(impl, "_empty_like", lambda t: torch.full_like(t, float("nan")))
+def test_every_output_element_is_written(interpret, walk, monkeypatch):
+    """Outputs and scratch start as NaN: any element the kernels skip would surface. Also checks that every
+    kernel ran."""
+    monkeypatch.setattr(scan_module, "_empty", lambda *s, dtype, device: torch.full(s, float("nan"), dtype=dtype,
+                                                                                     device=device))
+    monkeypatch.setattr(scan_module, "_empty_like", lambda t: torch.full_like(t, float("nan")))
     launched = []
-    kernel = impl._kernel
-    monkeypatch.setattr(impl, "_kernel", lambda name, device: launched.append(name) or kernel(name, device))
+    get = KERNELS.get
+    monkeypatch.setattr(KERNELS, "get", lambda name, device: launched.append(name) or get(name, device))
     tensors = make_inputs(2, 37, 9, 4, 1, seed=5)
-    compare(tensors, torch.float32, {k: True for k in OPTS}, bwd_mode)
-    own, other = "_bwd_out_kernel", "_bwd_seq_kernel"
-    if bwd_mode != "tile":
-        own, other = other, own
-    assert own in launched and other not in launched
+    compare(tensors, torch.float32, {k: True for k in OPTS}, walk)
+    assert sorted(set(launched)) == sorted(KERNELS.names())
+    assert launched.count("_carry_kernel") == 2  # forward, and in reverse for the backward
 
 
-def test_split_with_state_equals_unsplit(interpret, bwd_mode):
+def test_split_with_state_equals_unsplit(interpret, walk):
     """Scanning [0, 23) then [23, 40) with the carried state gives the unsplit outputs, final state and gradients."""
     batch, seqlen, dim, dstate, cut = 2, 40, 6, 4, 23
     tensors = make_inputs(batch, seqlen, dim, dstate, 2, seed=11)
@@ -108,13 +105,13 @@ def test_split_with_state_equals_unsplit(interpret, bwd_mode):
     def split_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, initial_state=None,
                    return_final_state=True, cu_seqlens=None):
         kw = dict(D=D, delta_bias=delta_bias, delta_softplus=delta_softplus, return_final_state=True)
-        y1, h1 = small_scan(bwd_mode)(u[:, :cut], delta[:, :cut], A, B[:, :cut], C[:, :cut], z=z[:, :cut],
-                              initial_state=initial_state, **kw)
-        y2, h2 = small_scan(bwd_mode)(u[:, cut:], delta[:, cut:], A, B[:, cut:], C[:, cut:], z=z[:, cut:],
-                              initial_state=h1, **kw)
+        y1, h1 = small_scan(walk)(u[:, :cut], delta[:, :cut], A, B[:, :cut], C[:, :cut], z=z[:, :cut],
+                                  initial_state=initial_state, **kw)
+        y2, h2 = small_scan(walk)(u[:, cut:], delta[:, cut:], A, B[:, cut:], C[:, cut:], z=z[:, cut:],
+                                  initial_state=h1, **kw)
         return torch.cat([y1, y2], dim=1), h2
 
-    y, f, g = run_scan(small_scan(bwd_mode), tensors, grad_out=gy, grad_final=gf)
+    y, f, g = run_scan(small_scan(walk), tensors, grad_out=gy, grad_final=gf)
     y_s, f_s, g_s = run_scan(split_scan, tensors, grad_out=gy, grad_final=gf)
     tol = dict(rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(y_s, y, **tol)
@@ -123,7 +120,7 @@ def test_split_with_state_equals_unsplit(interpret, bwd_mode):
         torch.testing.assert_close(g_s[k], g[k], **tol, msg=lambda m, k=k: f"grad {k}: {m}")
 
 
-def test_packed_equals_separate_calls(interpret, bwd_mode):
+def test_packed_equals_separate_calls(interpret, walk):
     """cu_seqlens resets the state at each boundary: the same as scanning each sequence alone."""
     cu = torch.tensor([0, 5, 6, 23, 41], dtype=torch.int32)  # a 1-step sequence; boundaries inside chunks
     nseq, seqlen, dim, dstate = 4, 41, 6, 3
@@ -137,14 +134,14 @@ def test_packed_equals_separate_calls(interpret, bwd_mode):
         ys, fs = [], []
         for i in range(nseq):
             s, e = int(cu[i]), int(cu[i + 1])
-            y, f = small_scan(bwd_mode)(u[:, s:e], delta[:, s:e], A, B[:, s:e], C[:, s:e], D=D, z=z[:, s:e],
-                                delta_bias=delta_bias, delta_softplus=delta_softplus,
-                                initial_state=initial_state[i:i + 1], return_final_state=True)
+            y, f = small_scan(walk)(u[:, s:e], delta[:, s:e], A, B[:, s:e], C[:, s:e], D=D, z=z[:, s:e],
+                                    delta_bias=delta_bias, delta_softplus=delta_softplus,
+                                    initial_state=initial_state[i:i + 1], return_final_state=True)
             ys.append(y)
             fs.append(f)
         return torch.cat(ys, dim=1), torch.cat(fs)
 
-    y, f, g = run_scan(small_scan(bwd_mode), tensors, grad_out=gy, grad_final=gf, cu_seqlens=cu)
+    y, f, g = run_scan(small_scan(walk), tensors, grad_out=gy, grad_final=gf, cu_seqlens=cu)
     y_s, f_s, g_s = run_scan(separate, tensors, grad_out=gy, grad_final=gf)
     tol = dict(rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(y, y_s, **tol)
@@ -153,24 +150,24 @@ def test_packed_equals_separate_calls(interpret, bwd_mode):
         torch.testing.assert_close(g[k], g_s[k], **tol, msg=lambda m, k=k: f"grad {k}: {m}")
 
 
-def test_packed_matches_reference_without_initial_state_and_with_empty_sequence(interpret, bwd_mode):
+def test_packed_matches_reference_without_initial_state_and_with_empty_sequence(interpret, walk):
     cu = torch.tensor([0, 9, 9, 20], dtype=torch.int64)
     tensors = make_inputs(1, 20, 5, 4, 1, seed=31)
     tensors[8] = torch.randn(3, 5, 4)
-    compare(tensors, torch.float32, {k: k != "use_h0" for k in OPTS}, bwd_mode, cu_seqlens=cu)
-    compare(tensors, torch.float32, {k: True for k in OPTS}, bwd_mode, cu_seqlens=cu)
+    compare(tensors, torch.float32, {k: k != "use_h0" for k in OPTS}, walk, cu_seqlens=cu)
+    compare(tensors, torch.float32, {k: True for k in OPTS}, walk, cu_seqlens=cu)
 
 
-def test_no_overflow_for_large_delta_and_long_decay(interpret, bwd_mode):
+def test_no_overflow_for_large_delta_and_long_decay(interpret, walk):
     """delta up to 20 and beyond after softplus (decays of exp(-320) underflow to 0), and long runs of
     decay near 1 (delta tiny): finite, and equal to the reference."""
     tensors = make_inputs(1, 48, 6, 4, 1, seed=41)
     big = torch.linspace(-2.0, 25.0, 48)[None, :, None].expand(1, 48, 6).contiguous()
     tensors[1] = big
     tensors[2] = tensors[2] * 8.0  # A down to about -16
-    compare(tensors, torch.float32, {k: True for k in OPTS}, bwd_mode)
+    compare(tensors, torch.float32, {k: True for k in OPTS}, walk)
     tensors[1] = torch.full((1, 48, 6), -12.0)  # softplus(-12) ~ 6e-6: decay ~1 for the whole run
-    compare(tensors, torch.float32, {k: True for k in OPTS}, bwd_mode)
+    compare(tensors, torch.float32, {k: True for k in OPTS}, walk)
 
 
 def test_dispatch(monkeypatch):
@@ -190,7 +187,7 @@ def test_dispatch(monkeypatch):
 def test_seq_with_several_pieces_per_sub_tile(interpret):
     """sub 8 in pieces of 2 (four piece starts kept per sub-tile, as sub 64 in pieces of 8 on the GPU), with
     ragged ends: the last sub-tile of 33 - 32 = 1 step and of 70 - 64 = 6 steps."""
-    cfg = ScanConfig(**{**SMALL["seq"]._fields(), "sub": 8})
+    cfg = dataclasses.replace(SMALL["two_level"], sub=8)
     for seqlen, dtype in ((33, torch.float32), (70, torch.bfloat16)):
         tensors = make_inputs(1, seqlen, 6, 3, 2, dtype=dtype, seed=seqlen)
         gy = torch.randn(1, seqlen, 6).to(dtype).float()
@@ -201,34 +198,21 @@ def test_seq_with_several_pieces_per_sub_tile(interpret):
             torch.testing.assert_close(g[k].double(), g_r[k], **TOL[dtype], msg=lambda m, k=k: f"grad {k}: {m}")
 
 
-def test_unit_offset_forms_agree(interpret):
-    """Both forms of the `unit` offsets (ScanConfig.unit_add) address the same elements: identical results."""
-    tensors = make_inputs(2, 21, 9, 4, 3, seed=51)
-    gy = torch.randn(2, 21, 9)
-    runs = []
-    for unit_add in (True, False):
-        cfg = ScanConfig(**{**SMALL["seq"]._fields(), "unit_add": unit_add})
-        runs.append(run_scan(lambda *a, **k: selective_scan_triton(*a, config=cfg, **k), tensors, grad_out=gy))
-    (y0, f0, g0), (y1, f1, g1) = runs
-    assert torch.equal(y0, y1) and torch.equal(f0, f1)
-    for k in g0:
-        assert torch.equal(g0[k], g1[k]), k
-
-
-def test_config_rejects_bad_backward_settings():
-    with pytest.raises(ValueError, match="bwd_mode"):
-        ScanConfig(bwd_mode="scan")
+def test_config_rejects_bad_launch_shapes():
     with pytest.raises(ValueError, match="seq_piece"):
         ScanConfig(sub=32, seq_piece=64)
     with pytest.raises(ValueError, match="seq_piece"):
         ScanConfig(seq_piece=6)
-    with pytest.raises(ValueError, match="bwd_chunk_maxnreg"):
-        ScanConfig(bwd_chunk_maxnreg="many")
-    with pytest.raises(ValueError, match="seq_maxnreg"):
-        ScanConfig(seq_maxnreg="auto")  # "auto" is for the bwd chunk kernel only
+    with pytest.raises(ValueError, match="sub"):
+        ScanConfig(chunk=96, sub=64)
+    with pytest.raises(ValueError, match="block_d"):
+        ScanConfig(block_d=96)
     with pytest.raises(ValueError, match="carry_stages"):
         ScanConfig(carry_stages=0)
-    assert ScanConfig(bwd_chunk_maxnreg=128).bwd_chunk_maxnreg == 128
+    with pytest.raises(ValueError, match="seq_programs_per_sm"):
+        ScanConfig(seq_programs_per_sm=0)
+    assert ScanConfig().resolve(1, 2 ** 20, 1024).chunk == 1024
+    assert ScanConfig().resolve(8, 4096, 1024).chunk == 128  # about 2048 programs
 
 
 def run_warp_ptx(ptx, values):
@@ -295,28 +279,25 @@ def test_lane_broadcast_ptx_gives_every_lane_the_row():
         torch.testing.assert_close(out[lane], x[:16, 0], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("dim,ngroups,prefetch,bc_lanes", [(70, 1, False, False), (64, 2, True, False),
-                                                           (70, 1, False, True), (64, 2, False, True)])
-def test_seq_lane_sums_matches_reference(interpret, dim, ngroups, prefetch, bc_lanes):
-    """The lane-sum path of the "seq" backward (32 channels a program, dstate 16), interpreted with the
-    reference placement of the sums: a ragged last channel block (70) and two groups of 32 channels;
-    one run also loads each state a step ahead (seq_prefetch_h), and two load B and C one value a lane
-    in every kernel (seq_bc_lanes and bc_lanes, with the reference `_lane_broadcast`)."""
-    cfg = ScanConfig(**{**SMALL["seq"]._fields(), "seq_block_d": 32, "sub": 8, "lane_sums": True,
-                        "seq_prefetch_h": prefetch, "seq_bc_lanes": bc_lanes, "bc_lanes": bc_lanes,
-                        "block_d": 32 if bc_lanes else 8})
+@pytest.mark.parametrize("dim,ngroups,block_d", [(70, 1, 8), (64, 2, 8), (70, 1, 32), (64, 2, 32)])
+def test_seq_lane_sums_matches_reference(interpret, dim, ngroups, block_d):
+    """The lane path of the backward walk (32 channels a program, dstate 16: dB/dC by `_lane_sums`, B/C rows by
+    `_lane_broadcast`), interpreted with the reference placement of both: a ragged last channel block (70) and
+    two groups of 32 channels. With block_d 32 the forward passes and the recompute share B/C rows by
+    `_lane_broadcast` too; with 8 they take the plain rows."""
+    cfg = dataclasses.replace(SMALL["two_level"], seq_block_d=32, sub=8, block_d=block_d)
+    assert cfg.seq_lanes(16, dim, ngroups) and cfg.block_lanes(16, dim, ngroups) == (block_d == 32)
     tensors = make_inputs(1, 37, dim, 16, ngroups, seed=dim)
     gy = torch.randn(1, 37, dim, generator=torch.Generator().manual_seed(3))
     assert_matches_reference(lambda *a, **k: selective_scan_triton(*a, config=cfg, **k), tensors, TOL[torch.float32],
                              gy)
 
 
-@pytest.mark.parametrize("bc_lanes", [False, True])
-def test_seq_lane_sums_packed_matches_reference(interpret, bc_lanes):
-    """The lane-sum path with packed sequences (a 1-step one among them), initial states and a final-state
-    gradient, at 32 channels and 16 states, with B and C loaded either way."""
-    cfg = ScanConfig(**{**SMALL["seq"]._fields(), "seq_block_d": 32, "sub": 8, "lane_sums": True,
-                        "seq_bc_lanes": bc_lanes, "bc_lanes": bc_lanes, "block_d": 32 if bc_lanes else 8})
+@pytest.mark.parametrize("block_d", [8, 32])
+def test_seq_lane_sums_packed_matches_reference(interpret, block_d):
+    """The lane path with packed sequences (a 1-step one among them), initial states and a final-state
+    gradient, at 32 channels and 16 states, with the forward passes on plain or shared B/C rows."""
+    cfg = dataclasses.replace(SMALL["two_level"], seq_block_d=32, sub=8, block_d=block_d)
     cu = torch.tensor([0, 20, 21, 50, 60], dtype=torch.int32)
     tensors = make_inputs(1, 60, 64, 16, 1, seed=7)
     tensors[8] = torch.randn(4, 64, 16, generator=torch.Generator().manual_seed(8))

@@ -81,7 +81,7 @@ def test_export_round_trip(tmp_path, lambda_tokens):
     model = tiny().float()
     save_export(model, tmp_path / "export", extra={"note": "x"})
     meta = json.loads((tmp_path / "export" / "config.json").read_text())
-    assert meta["model"]["d_model"] == 24 and meta["note"] == "x"
+    assert meta["dnamamba"]["model"]["d_model"] == 24 and meta["dnamamba"]["note"] == "x"
     loaded = load_export(tmp_path / "export")
     x = lambda_tokens[:50].view(1, 50)
     torch.testing.assert_close(loaded(x), model(x))

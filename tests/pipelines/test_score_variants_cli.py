@@ -94,3 +94,52 @@ def test_misspelt_setting_fails_without_traceback(tmp_path, export):
                           f"vcf={FIXTURES / 'lambda_variants.vcf'}", "out=x.vcf")
     assert proc.returncode != 0 and "modle" in proc.stderr and "Traceback" not in proc.stderr
     assert os.listdir(tmp_path) == []
+
+
+def test_symbolic_allele_with_undeclared_end_is_written_through(tmp_path, export):
+    """A symbolic ALT whose INFO/END the header never declares is kept, unscored, in BCF output (it
+    used to end in a pysam traceback)."""
+    vcf = tmp_path / "end.vcf"
+    vcf.write_text(f"##fileformat=VCFv4.2\n##contig=<ID={LAMBDA},length=48502>\n"
+                   "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
+                   f"{LAMBDA}\t1000\tsnv\tA\tG\t.\t.\t.\n{LAMBDA}\t15000\tdel\tG\t<DEL>\t.\t.\tEND=15100\n")
+    proc = score_variants(tmp_path / "work", f"model={export}", f"fasta={demo_genome_path()}", f"vcf={vcf}",
+                          "out=scored.bcf", "window=16")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].endswith("skipped: symbolic or structural-variant allele 1")
+    with pysam.VariantFile(str(tmp_path / "work" / "scored.bcf")) as scored:
+        records = list(scored)
+    assert [(r.id, r.stop, "DNAMAMBA_LLR" in r.info) for r in records] == [("snv", 1000, True), ("del", 15100, False)]
+
+
+def test_no_contig_in_the_fasta_is_an_error_with_a_chr_hint(tmp_path, export):
+    """A VCF whose contigs all miss the FASTA is an error naming the prefix mismatch (it used to score 0 of
+    N records and exit 0)."""
+    fasta = tmp_path / "ref.fa"
+    fasta.write_text(">20\n" + "ACGT" * 100 + "\n")
+    vcf = tmp_path / "chr.vcf"
+    vcf.write_text("##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
+                   "chr20\t5\t.\tA\tG\t.\t.\t.\n")
+    work = tmp_path / "work"
+    proc = score_variants(work, f"model={export}", f"fasta={fasta}", f"vcf={vcf}", "out=scored.vcf.gz")
+    assert_one_line_error(proc, "chr.vcf", "none of its contigs", "'chr' prefix", "'chr20' here, '20' in the FASTA")
+    assert os.listdir(work) == []
+
+
+def test_table_in_parquet_out_with_regions_shard_and_mean(tmp_path, export):
+    """A GPN/TraitGym-style table through the CLI, with the new settings as Hydra overrides."""
+    table = tmp_path / "variants.tsv"
+    table.write_text("chrom\tpos\tref\talt\tlabel\n" + "".join(
+        f"{LAMBDA}\t{pos}\t{ref}\t{alt}\t{pos % 2}\n"
+        for pos, ref, alt in [(1000, "A", "G"), (3000, "TGG", "CAT"), (5000, "C", "CTTA"), (10000, "T", "TA"),
+                              (30000, "A", "C")]))
+    proc = score_variants(tmp_path / "work", f"model={export}", f"fasta={demo_genome_path()}", f"vcf={table}",
+                          "out=part1.parquet", "window=64", "reduce=mean", "context=tile", "tile_size=500",
+                          "shard=1/2", f"regions=[{LAMBDA}:1-20000,{LAMBDA}:40000-48502]")
+    assert proc.returncode == 0, proc.stderr
+    assert "shard 1/2: records 3-4 of 4 in the regions" in proc.stderr
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(tmp_path / "work" / "part1.parquet").to_pylist()
+    assert [(r["pos"], r["label"], r["status"]) for r in rows] == [(5000, 0, "ok"), (10000, 0, "ok")]
+    assert all(abs(r["score"]) < 10 for r in rows)  # per-base means, not sums over the window

@@ -5,7 +5,7 @@
 
 Forward, three launches, chunk-parallel over time: `chunk_end` (each chunk's end state from zero, and its decay),
 `carry` (each chunk's true starting state), `chunk_out` (the outputs). That is two exponentials per (t, d, n): the
-floor DESIGN.md names for this route. Backward, four launches, nothing of shape (batch, seqlen, dim, dstate):
+floor docs/architecture.md names for this route. Backward, four launches, nothing of shape (batch, seqlen, dim, dstate):
 `bwd_chunk` (checkpoints every `sub` steps, and each chunk's local adjoint), `carry` in reverse (the adjoint at
 each chunk end), `bwd_seq` (every gradient, walking time backwards), then sums of the per-chunk partials.
 

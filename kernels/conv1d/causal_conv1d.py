@@ -27,7 +27,6 @@ The kernels cover widths 2 to 4 (mamba's d_conv).
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +34,7 @@ import triton
 import triton.language as tl
 from triton.runtime.jit import JITFunction
 
+from ..interpreter import interpreting
 from .naive import causal_conv1d_ref, check_activation, weight_2d
 
 MIN_WIDTH, MAX_WIDTH = 2, 4
@@ -42,10 +42,6 @@ MIN_WIDTH, MAX_WIDTH = 2, 4
 # interpreter cannot call, while it runs tl.reduce with this combine through numpy.
 _add = tl.standard._sum_combine
 
-
-def interpreting() -> bool:
-    """True when TRITON_INTERPRET=1 is set now: kernels then run on CPU tensors through Triton's interpreter."""
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
 class _Kernel:

@@ -23,7 +23,6 @@ is set at the call; anything else (CPU without it, float64) runs the PyTorch for
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +30,7 @@ import triton
 import triton.language as tl
 from triton.runtime.jit import JITFunction
 
+from ..interpreter import interpreting
 from .naive import add_rms_norm_ref, norm_dtype, rms_norm_bwd_ref, rms_norm_fwd_ref
 
 # A block of rows holds about this many elements: 16 rows of 256 at the benchmark's d_model in the forward. The
@@ -106,10 +106,6 @@ _RAW = {f.__name__: f for f in (_rms_norm_fwd_kernel, _rms_norm_bwd_kernel)}
 _COMPILED = {name: JITFunction(f) for name, f in _RAW.items()}
 _INTERPRETED: dict = {}
 
-
-def interpreting() -> bool:
-    """True when TRITON_INTERPRET=1 is set now: the kernels then run on CPU tensors through Triton's interpreter."""
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
 def _kernel(name: str, device: torch.device):

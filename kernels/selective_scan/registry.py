@@ -16,17 +16,14 @@ the kernel's body with the helper names rebound to those functions.
 """
 from __future__ import annotations
 
-import os
 import types
 
 import torch
 import triton
 from triton.runtime.jit import JITFunction
 
+from ..interpreter import interpreting
 
-def interpreting() -> bool:
-    """True when TRITON_INTERPRET=1 is set now: kernels then run on CPU tensors through Triton's interpreter."""
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
 def present(ptr: str):

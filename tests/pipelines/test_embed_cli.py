@@ -118,7 +118,8 @@ def test_item_table_as_parquet(tmp_path, export, bed):
 
 
 def _cached_index(fasta: Path) -> Path:
-    """The .fai of `fasta` in the test cache ($DNAMAMBA_CACHE, set by conftest)."""
+    """The .fai of `fasta` in the test cache ($DNAMAMBA_CACHE, set by conftest, shared by the session: give
+    `fasta` a name no other test uses)."""
     (fai,) = Path(os.environ["DNAMAMBA_CACHE"]).glob(f"fasta/*-{fasta.name}/{fasta.name}.fai")
     return fai
 
@@ -128,7 +129,7 @@ def _two_records(tmp_path: Path) -> Path:
     point one at the other."""
     with FastaFile(demo_genome_path()) as fasta:
         a, b = fasta.fetch(LAMBDA, 1000, 1590).decode(), fasta.fetch(LAMBDA, 30000, 30590).decode()
-    path = tmp_path / "two.fa"
+    path = tmp_path / f"{tmp_path.name}.fa"
     path.write_text("".join(f">{name}\n" + "".join(seq[i:i + 60] + "\n" for i in range(0, 590, 60))
                             for name, seq in (("a", a), ("b", b))))
     return path
@@ -150,7 +151,7 @@ def test_damaged_cached_index_is_rebuilt_not_trusted(tmp_path, export):
 
 
 def test_stale_index_error_names_the_cache_entry(tmp_path, export):
-    fasta = tmp_path / "r.fa"
+    fasta = tmp_path / f"{tmp_path.name}.fa"
     fasta.write_text(">r\nACGTACGTAC\nACGTACGTAC\nACGTAC\n")
     work = tmp_path / "work"
     assert embed(work, f"model={export}", f"fasta={fasta}", "out=first.npy").returncode == 0

@@ -71,6 +71,21 @@ def test_hidden_states_of_every_layer_match(lambda_tokens):
     assert rel(fused(x), ref(x)) < 1e-5
 
 
+def test_several_layers_in_one_pass_with_carried_state_match(lambda_tokens):
+    fused, ref = pair()
+    x = lambda_tokens[:60].view(1, 60)
+    layers = [1, -1, 0]
+    state_f = state_r = None
+    for piece in (x[:, :23], x[:, 23:]):  # two pieces, the state carried: the embed path
+        hs_f, state_f = fused.hidden_states(piece, layers, state=state_f, return_state=True)
+        hs_r, state_r = ref.hidden_states(piece, layers, state=state_r, return_state=True)
+        assert len(hs_f) == len(layers)
+        for layer, h_f, h_r in zip(layers, hs_f, hs_r):
+            assert rel(h_f, h_r) < 1e-5, layer
+    for layer, h_f in zip(layers, hs_f):
+        assert rel(h_f, fused.hidden_states(x, layer)[:, 23:]) < 1e-5, layer
+
+
 def test_checkpointed_fused_blocks_give_the_same_gradients(lambda_tokens):
     x = lambda_tokens[:80].view(2, 40)
     grads = []

@@ -60,6 +60,17 @@ def build(impl: str, device):
     return model, loss_fn
 
 
+def train_step(model, loss_fn, opt, tokens) -> torch.Tensor:
+    """One optimizer step under bf16 autocast, finished on the device; returns the loss."""
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = loss_fn(model, tokens)
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    torch.cuda.synchronize()
+    return loss
+
+
 def time_steps(impl: str, batch: int, seqlen: int, steps: int, device) -> dict:
     """Median step time of `steps` training steps after one warm-up step, and the peak memory."""
     row = {"impl": impl, "seqlen": seqlen, "batch": batch}
@@ -76,12 +87,7 @@ def time_steps(impl: str, batch: int, seqlen: int, steps: int, device) -> dict:
         for i in range(steps + 1):  # the first step compiles the kernels
             torch.cuda.synchronize()
             t = time.perf_counter()
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss = loss_fn(model, tokens)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            torch.cuda.synchronize()
+            loss = train_step(model, loss_fn, opt, tokens)
             if i:
                 times.append(time.perf_counter() - t)
         step_s = statistics.median(times)
@@ -104,18 +110,9 @@ def profile_step(device, out: Path) -> str:
     model, loss_fn = build("dnamamba_fused", device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
     tokens = torch.randint(1, 256, (1, 2**20), device=device)
-
-    def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = loss_fn(model, tokens)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
-
-    step()  # compiles the kernels outside the profile
+    train_step(model, loss_fn, opt, tokens)  # compiles the kernels outside the profile
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        step()
+        train_step(model, loss_fn, opt, tokens)
     text = prof.key_averages().table(sort_by="cuda_time_total", row_limit=30)
     (out / "train_step_profile_h200.txt").write_text(text)
     return text

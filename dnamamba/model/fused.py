@@ -61,7 +61,7 @@ class FusedBlockFn(torch.autograd.Function):
         ctx.scan_saved = saved
         ctx.eps, ctx.dtype = eps, dtype
         ctx.x_prev_dtype = None if x_prev is None else x_prev.dtype
-        ctx.residual_dtype = None if residual is None else residual.dtype
+        ctx.residual_dtype = residual.dtype
         if not return_state:
             ssm_final = None
         ctx.mark_non_differentiable(*(t for t in (conv_final,) if t is not None))
@@ -106,7 +106,7 @@ class FusedBlockFn(torch.autograd.Function):
             d_residual, d_norm_w = rms_norm_bwd(d_hn.view_as(hn), residual_out, norm_w, rstd, ctx.eps,
                                                 d_residual_out)
         d_x_prev = None if ctx.x_prev_dtype is None else d_residual.to(ctx.x_prev_dtype)
-        d_res_in = None if ctx.residual_dtype is None else d_residual.to(ctx.residual_dtype)
+        d_res_in = d_residual.to(ctx.residual_dtype)
         d_conv_state = None if conv_state is None or d_conv_state is None else d_conv_state.to(conv_state.dtype)
         return (d_res_in, d_x_prev, d_norm_w, d_in_w, d_conv_w.view_as(conv_w), d_conv_b, d_xproj_w, d_dtproj_w,
                 dbias, d_A_log, dD, d_out_w, d_conv_state, dh0, None, None, None)

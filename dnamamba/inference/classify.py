@@ -29,7 +29,7 @@ from ..errors import InputError, require_file
 from ..io import atomic_path
 from ..model.classifier import Classifier, load_classifier_export
 from .runtime import SETTINGS, autocast, check_choice, check_writable, note, progress_bar, resolve_device, write_errors
-from .variant_files import Selection, VcfWriter, open_variants
+from .variant_files import Selection, VcfWriter, declare_score_field, open_variants
 from .variants import (SKIP_REASONS, SOFT_MASK_MODES, Window, _blocks, _fail_on_skip, _prescan, _Reference, _tabix,
                        output_kind, plan_entry)
 
@@ -143,15 +143,9 @@ class _ClassVcfWriter(VcfWriter):
     """score-variants' VCF writer with one Number=A field per class (the first goes through the parent)."""
 
     def __init__(self, path: str, mode: str, source, fields: list[str], classes: list[str], meta: str):
-        header = source.file.header
         for name, label in list(zip(fields, classes))[1:]:
-            if name in header.info:
-                old = header.info[name]
-                if old.number != "A" or old.type != "Float":
-                    raise InputError(source.path, f"INFO/{name} already exists as Number={old.number}, "
-                                                  f"Type={old.type}; choose another info_prefix")
-            else:
-                header.info.add(name, "A", "Float", f"dnamamba classifier probability of {label}")
+            declare_score_field(source.file.header, name, f"dnamamba classifier probability of {label}",
+                                source.path, "info_prefix")
         super().__init__(path, mode, source, fields[0], f"dnamamba classifier probability of {classes[0]}", meta)
         self.fields = fields
 
@@ -276,10 +270,8 @@ def classify_vcf(cfg: ClassifyVariantsConfig) -> dict:
                                 progress.advance(task, len(block))
                     finally:
                         writer.close()
-                    if kind == "wz" and cfg.index:
-                        _tabix(tmp, cfg.out)
-                    elif kind == "wz" and os.path.exists(cfg.out + ".tbi"):
-                        os.unlink(cfg.out + ".tbi")  # an index of an earlier output would not match this one
+                    if kind == "wz":
+                        _tabix(tmp, cfg.out, cfg.index)
             finally:
                 source.close()
     finally:

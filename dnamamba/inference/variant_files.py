@@ -309,6 +309,18 @@ def contig_problem(contigs: Counter, fasta: FastaFile) -> Optional[str]:
     return f"{message}; are the variants and the FASTA from the same assembly, with contigs named alike?"
 
 
+def declare_score_field(header: pysam.VariantHeader, field: str, description: str, path: str, option: str) -> None:
+    """Declare INFO/`field` as a per-ALT float (Number=A, Type=Float), or accept it if the header already does;
+    a field of that name with another number or type is an error naming `option`, the setting to change."""
+    if field in header.info:
+        old = header.info[field]
+        if old.number != "A" or old.type != "Float":
+            raise InputError(path, f"INFO/{field} already exists as Number={old.number}, Type={old.type}; "
+                                   f"choose another {option}")
+    else:
+        header.info.add(field, "A", "Float", description)
+
+
 class VcfWriter:
     """Writes the records of the VCF being read, with the score added, through pysam.
 
@@ -326,13 +338,7 @@ class VcfWriter:
             missing += [wanted[name].record for name in wanted if name not in declared]
         for record in missing:
             hdr.add_line(str(record).strip())
-        if field in hdr.info:
-            old = hdr.info[field]
-            if old.number != "A" or old.type != "Float":
-                raise InputError(source.path, f"INFO/{field} already exists as Number={old.number}, "
-                                              f"Type={old.type}; choose another info_field")
-        else:
-            hdr.info.add(field, "A", "Float", description)
+        declare_score_field(hdr, field, description, source.path, "info_field")
         hdr.add_meta("dnamamba_score_variants", value=meta)
         self.field, self.source = field, source.path
         self.file = pysam.VariantFile(path, mode, header=hdr)

@@ -514,10 +514,8 @@ def _score_records(cfg: ScoreVariantsConfig, kind: str, model: MambaLM, device: 
                     progress.advance(task, len(pending[0]))
         finally:
             writer.close()
-        if kind == "wz" and cfg.index:
-            _tabix(tmp, cfg.out)
-        elif kind == "wz" and os.path.exists(cfg.out + ".tbi"):
-            os.unlink(cfg.out + ".tbi")  # an index of an earlier output would not match this one
+        if kind == "wz":
+            _tabix(tmp, cfg.out, cfg.index)
     skipped = {reason: counts[reason] for reason in SKIP_REASONS if counts[reason]}
     n_alleles = sum(counts.values())
     line = f"scored {counts['ok']} of {n_alleles} alleles in {n_records} records -> {cfg.out}"
@@ -559,8 +557,13 @@ def _fail_on_skip(plans: Sequence[_Plan], path: str) -> None:
                 raise InputError(path, f"{SKIP_REASONS[status]}: {detail} (strict=true)", record=plan.entry.where)
 
 
-def _tabix(tmp: str, out: str) -> None:
-    """Index the finished bgzip VCF as out.tbi; an unsorted file is left unindexed, with a note."""
+def _tabix(tmp: str, out: str, index: bool = True) -> None:
+    """Index the finished bgzip VCF as out.tbi (an unsorted file is left unindexed, with a note), or, without
+    `index`, remove an out.tbi of an earlier output, which would not match this one."""
+    if not index:
+        if os.path.exists(out + ".tbi"):
+            os.unlink(out + ".tbi")
+        return
     try:
         with atomic_path(out + ".tbi") as tmp_index:
             pysam.tabix_index(tmp, preset="vcf", force=True, keep_original=True, index=tmp_index)

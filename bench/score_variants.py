@@ -1,27 +1,35 @@
-"""Variant-scoring throughput: `score-variants` end to end (score_vcf, as the CLI runs it) with every
-REF/ALT window read whole (method=plain) against the shared-context reading (method=shared), and the
-tile-context score (context=tile, a different score), all in one process on the same variants.
+"""Variant-scoring throughput: `score-variants` with every REF/ALT window read whole (method=plain), the
+shared-context reading (method=shared) and the tile-context score (context=tile, a different score), and
+the code before the shared-context engine (`--before`), all on the same variants, model and GPU in one run.
 
-    # GPU machine, from the repository root; FASTA copied there (the machine has no data folder)
+    # GPU machine, from the repository root; FASTA copied there (the machine has no data folder);
+    # .before_scoring holds the package as it was before the engine (see --before)
     PYTHONPATH=. python3 bench/score_variants.py --fasta hs37_chr20.fa.gz --contig 20 \\
-        --out bench/results/score_variants_h200.json
+        --before .before_scoring --profile --out bench/results/score_variants_h200.json
 
     # CPU, tiny sizes (a check that it runs)
     python bench/score_variants.py --fasta data/hs37_chr20.fa.gz --contig 20 --device cpu \\
         --precision fp32 --d-model 32 --n-layer 2 --n-variants 300 --windows 64,512 --long-variants 100 \\
         --batch-size 32 --out /tmp/score_variants_cpu.json
 
-The model is random-init (the throughput configuration of docs/architecture.md, 8 layers at d_model 256 by default):
-speed does not depend on the weights. The variants are random SNVs at non-N positions of one contig
-(ALT a random other base), sorted. Windows of `--long-from` bases or more score only the first
-`--long-variants` of them (a stretch of the contig, so the density of variants, which context=tile
-profits from, stays that of the whole set).
+The model is random-init (8 layers at d_model 256 by default): speed does not depend on the weights. The
+variants are random SNVs at non-N positions of one contig (ALT a random other base), sorted. Windows of
+`--long-from` bases or more score only the first `--long-variants` of them (a stretch of the contig, so the
+density of variants, which context=tile profits from, stays that of the whole set).
 
-Each (window, method) is first run once on 64 variants (kernel compilation, caches), then timed on
-the full set: wall time of score_vcf, which includes loading the export, reading the VCF twice and
-writing the TSV, as the CLI does, but not Python start-up. Scores of method=shared are compared to
-method=plain on the same variants (max |difference|): in bf16 the two batch the model's matmuls
-differently, so they agree to bf16 rounding, not bit for bit.
+Two timings per (window, method), each after a warm-up run on 64 variants (kernel compilation, caches):
+- `variants_per_s`: `score_vcf` in this process, as the CLI calls it: loading the export, reading the VCF
+  twice, scoring, writing the TSV; not Python start-up;
+- `cli_variants_per_s` (`--cli`): `python -m dnamamba.cli score-variants` in a subprocess, start-up included.
+
+`--before DIR` names a copy of the package from before the engine (dnamamba/ with conf/ and pipelines/ inside it,
+kernels/ as dnamamba_kernels/; `git archive` of that commit, rearranged so). A subprocess with DIR first on
+sys.path writes the export (in the layout that code reads, which this code reads too, so every method scores the
+same weights) and times its own score_vcf and CLI the same way.
+
+Scores of every method are compared with method=plain on the same variants (max |difference|): in bf16 the
+methods batch the model's matmuls differently, so they agree to bf16 rounding, not bit for bit. For "tile" the
+score itself differs; only its correlation means something.
 """
 from __future__ import annotations
 
@@ -31,6 +39,8 @@ import json
 import os
 import platform
 import random
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -42,16 +52,29 @@ from dnamamba.data.fasta import FastaFile
 from dnamamba.inference.variants import ScoreVariantsConfig, score_vcf
 from dnamamba.model import MambaConfig, MambaLM, save_export
 
-# Before this change (per-record prefix sharing with a device sync per batch), as measured on the H200 with
-# the same settings: `dnamamba score-variants` wall time, 8x256 random-init model, bf16, batch 256, 20,000
-# random chr20 SNVs; variants/s by window. Quoted in the JSON for comparison, not measured by this script.
-BEFORE_CLI_VARIANTS_PER_S = {1024: 879, 32768: 45}
+ROOT = Path(__file__).resolve().parent.parent
 
 METHODS = {  # name -> ScoreVariantsConfig overrides
     "plain": {"method": "plain"},
     "shared": {"method": "shared"},
     "tile": {"method": "shared", "context": "tile"},
 }
+
+# Run by the package before the engine (--before): its ScoreVariantsConfig has no method or context keys.
+BEFORE_DRIVER = r"""
+import json, sys, time, torch
+from dnamamba.inference.variants import ScoreVariantsConfig, score_vcf
+from dnamamba.model import MambaConfig, MambaLM, save_export
+job = json.loads(sys.argv[1])
+if job["action"] == "export":
+    torch.manual_seed(job["seed"])
+    save_export(MambaLM(MambaConfig(d_model=job["d_model"], n_layer=job["n_layer"])).eval(), job["out"])
+else:
+    score_vcf(ScoreVariantsConfig(vcf=job["warm"], out=job["warm_out"], **job["settings"]))
+    t = time.perf_counter()
+    score_vcf(ScoreVariantsConfig(vcf=job["vcf"], out=job["out"], **job["settings"]))
+    print(json.dumps({"wall_s": time.perf_counter() - t}))
+"""
 
 
 def random_snvs(fasta: FastaFile, contig: str, n: int, seed: int) -> list[tuple[int, str, str]]:
@@ -80,6 +103,53 @@ def read_scores(path: Path) -> np.ndarray:
     return np.array([float(r[5]) if r[5] != "NA" else np.nan for r in rows])
 
 
+def package_env(tree: Path | None) -> dict:
+    """The environment of a subprocess that imports dnamamba from `tree` (None: this checkout)."""
+    env = dict(os.environ)
+    keep = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != ROOT]
+    env["PYTHONPATH"] = os.pathsep.join([str(tree or ROOT), *keep])
+    return env
+
+
+def run_before(tree: Path, job: dict, cwd: Path) -> dict:
+    done = subprocess.run([sys.executable, "-c", BEFORE_DRIVER, json.dumps(job)], env=package_env(tree), cwd=cwd,
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"--before run failed: {done.stderr.strip().splitlines()[-1:]}")
+    lines = done.stdout.strip().splitlines()
+    return json.loads(lines[-1]) if lines else {}
+
+
+def cli_wall(tree: Path | None, settings: dict, vcf: Path, out: Path, warm: Path, cwd: Path) -> float:
+    """Wall time of `python -m dnamamba.cli score-variants` on vcf, after one warm-up call on `warm`."""
+    def call(v: Path, o: Path) -> float:
+        args = [f"{k}={v}" for k, v in settings.items()] + [f"vcf={v}", f"out={o}"]
+        t = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "dnamamba.cli", "score-variants", *args],
+                              env=package_env(tree), cwd=cwd, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"score-variants failed: {done.stderr.strip().splitlines()[-1:]}")
+        return time.perf_counter() - t
+
+    call(warm, out.with_suffix(".warm.tsv"))
+    return call(vcf, out)
+
+
+def profile_scoring(settings: dict, vcf: Path, out: Path) -> str:
+    """torch.profiler table (GPU kernels by total time) of one score_vcf, with its wall and GPU-busy time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t = time.perf_counter()
+        score_vcf(ScoreVariantsConfig(vcf=str(vcf), out=str(out), **settings))
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - t
+    events = prof.key_averages()
+    gpu_us = sum(e.self_device_time_total for e in events)
+    head = f"wall {wall * 1e3:.1f} ms, GPU kernels {gpu_us / 1e3:.1f} ms ({100 * gpu_us / 1e6 / wall:.0f}% busy)\n"
+    return head + events.table(sort_by="self_device_time_total", row_limit=30, max_name_column_width=70)
+
+
 def forward_tokens_per_s(model: MambaLM, rows: int, length: int, device, precision: str) -> float:
     """Model forward (logits) throughput at one row shape of the scoring calls."""
     tokens = torch.randint(1, 256, (rows, length), device=device)
@@ -106,6 +176,9 @@ def main() -> None:
     ap.add_argument("--long-from", type=int, default=8192, help="windows from this size score --long-variants")
     ap.add_argument("--long-variants", type=int, default=2000)
     ap.add_argument("--methods", default="plain,shared,tile")
+    ap.add_argument("--before", type=Path, help="the package before the engine, timed on the same variants")
+    ap.add_argument("--cli", action="store_true", help="also time the CLI in a subprocess (start-up included)")
+    ap.add_argument("--profile", action="store_true", help="profile method=shared on the first 4096 variants")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--precision", default="bf16")
     ap.add_argument("--device", default="auto")
@@ -119,7 +192,8 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench_score_variants_"))
     os.environ.setdefault("DNAMAMBA_CACHE", str(work / "cache"))
-    fasta = FastaFile(args.fasta)
+    fasta_path = os.path.abspath(args.fasta)
+    fasta = FastaFile(fasta_path)
     contig = args.contig or fasta.names[0]
     if args.excerpt:
         span, out = args.excerpt.split(":", 1)
@@ -132,62 +206,93 @@ def main() -> None:
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
-    torch.manual_seed(args.seed)
-    model = MambaLM(MambaConfig(d_model=args.d_model, n_layer=args.n_layer)).eval()
-    export = save_export(model, work / "export")
-    model = model.to(device)
+    before = args.before.resolve() if args.before else None
+    export = work / "export"
+    if before is not None:
+        run_before(before, {"action": "export", "seed": args.seed, "d_model": args.d_model, "n_layer": args.n_layer,
+                            "out": str(export)}, work)
+    else:
+        torch.manual_seed(args.seed)
+        save_export(MambaLM(MambaConfig(d_model=args.d_model, n_layer=args.n_layer)).eval(), export)
+    from dnamamba.model import load_export
+    model = load_export(str(export), device)
     snvs = random_snvs(fasta, contig, args.n_variants, args.seed)
     length = fasta.lengths[contig]
     result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
               "torch": torch.__version__, "fasta": os.path.basename(args.fasta), "contig": contig,
               "contig_length": length, "n_variants": len(snvs), "batch_size": args.batch_size,
               "precision": args.precision, "d_model": args.d_model, "n_layer": args.n_layer,
-              "parameters": model.num_parameters(), "before_cli_variants_per_s": BEFORE_CLI_VARIANTS_PER_S,
-              "rows": []}
+              "parameters": model.num_parameters(), "before": str(args.before) if before else None, "rows": []}
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     warm = work / "warm.vcf"
     write_vcf(warm, contig, length, snvs[:64])
+    methods = (["before"] if before else []) + args.methods.split(",")
+    profiles = []
     for window in (int(w) for w in args.windows.split(",")):
         chosen = snvs[:args.long_variants] if window >= args.long_from else snvs
         vcf = work / f"snvs_{window}.vcf"
         write_vcf(vcf, contig, length, chosen)
         span_bp = chosen[-1][0] - chosen[0][0] + 1
         scores = {}
-        for name in args.methods.split(","):
-            settings = dict(model=export, fasta=args.fasta, window=window, batch_size=args.batch_size,
-                            precision=args.precision, device=device.type, progress=False, **METHODS[name])
-            row = {"window": window, "method": name, "settings": METHODS[name], "n_variants": len(chosen),
+        for name in methods:
+            base = dict(model=str(export), fasta=fasta_path, window=window, batch_size=args.batch_size,
+                        precision=args.precision, device=device.type, progress=False)
+            settings = dict(base, **METHODS.get(name, {}))
+            row = {"window": window, "method": name, "settings": METHODS.get(name, {}), "n_variants": len(chosen),
                    "span_bp": span_bp, "variants_per_kb": round(1000 * len(chosen) / span_bp, 3)}
+            out = work / f"{name}_{window}.tsv"
             try:
-                score_vcf(ScoreVariantsConfig(vcf=str(warm), out=str(work / "warm.tsv"), **settings))
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats()
-                out = work / f"{name}_{window}.tsv"
-                t = time.perf_counter()
-                summary = score_vcf(ScoreVariantsConfig(vcf=str(vcf), out=str(out), **settings))
-                wall = time.perf_counter() - t
+                if name == "before":
+                    wall = run_before(before, {"action": "score", "settings": base, "warm": str(warm),
+                                               "warm_out": str(work / "warm.tsv"), "vcf": str(vcf),
+                                               "out": str(out)}, work)["wall_s"]
+                else:
+                    score_vcf(ScoreVariantsConfig(vcf=str(warm), out=str(work / "warm.tsv"), **settings))
+                    if device.type == "cuda":
+                        torch.cuda.reset_peak_memory_stats()
+                    t = time.perf_counter()
+                    score_vcf(ScoreVariantsConfig(vcf=str(vcf), out=str(out), **settings))
+                    wall = time.perf_counter() - t
+                    if device.type == "cuda":
+                        row["peak_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
                 scores[name] = read_scores(out)
                 row.update(wall_s=round(wall, 3), variants_per_s=round(len(chosen) / wall, 2),
-                           scored=summary["scored"])
-                if device.type == "cuda":
-                    row["peak_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
+                           scored=int(np.isfinite(scores[name]).sum()))
+                if args.cli:
+                    cli = cli_wall(before if name == "before" else None, settings, vcf, work / f"cli_{name}.tsv",
+                                   warm, work)
+                    row.update(cli_wall_s=round(cli, 3), cli_variants_per_s=round(len(chosen) / cli, 2))
             except torch.cuda.OutOfMemoryError as e:
                 row["error"] = f"out of memory: {str(e).splitlines()[0]}"
                 torch.cuda.empty_cache()
             if "plain" in scores and name != "plain" and name in scores:
                 a, b = scores["plain"], scores[name]
-                # For "tile" this compares two different scores: only the correlation means something.
                 row["max_abs_diff_vs_plain"] = float(np.nanmax(np.abs(a - b)))
                 row["pearson_r_vs_plain"] = float(np.corrcoef(a, b)[0, 1])
             result["rows"].append(row)
             print(json.dumps(row), flush=True)
             out_path.write_text(json.dumps(result, indent=2) + "\n")  # kept after every run
+        if "before" in scores and "plain" in scores:
+            for row in result["rows"]:
+                if row["window"] == window and row["method"] == "before":
+                    row["max_abs_diff_vs_plain"] = float(np.nanmax(np.abs(scores["before"] - scores["plain"])))
+        if args.profile and device.type == "cuda":
+            sub = work / f"profile_{window}.vcf"
+            write_vcf(sub, contig, length, chosen[:4096 if window < args.long_from else 256])
+            settings = dict(model=str(export), fasta=fasta_path, window=window, batch_size=args.batch_size,
+                            precision=args.precision, device=device.type, progress=False, method="shared")
+            profiles.append(f"== window {window}, method=shared, {min(len(chosen), 4096 if window < args.long_from else 256)}"
+                            f" variants ==\n" + profile_scoring(settings, sub, work / "profile.tsv"))
         half = max(1, window // 2)
         rows = max(1, min(args.batch_size, (1 << 22) // half))
         result.setdefault("forward_tokens_per_s", {})[f"{rows}x{half}"] = \
             round(forward_tokens_per_s(model, rows, half, device, args.precision))
         out_path.write_text(json.dumps(result, indent=2) + "\n")
+    if profiles:
+        path = out_path.with_name(out_path.stem + "_profile.txt")
+        path.write_text("\n\n".join(profiles) + "\n")
+        print(f"wrote {path}")
     print(f"wrote {out_path}")
 
 

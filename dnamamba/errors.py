@@ -42,7 +42,8 @@ def require_file(path: str | os.PathLike, what: str = "file") -> str:
 
 
 def exit_on_input_error(fn, *args, **kwargs):
-    """Call `fn`; an InputError becomes one line on stderr and exit status 2, never a traceback.
+    """Call `fn`; an InputError becomes one line on stderr and exit status 2, never a traceback. Running out
+    of GPU memory is one line too, with what to lower, and exit status 1.
 
     Libraries that call user code (Hydra's instantiate, Lightning's hooks) wrap its exceptions, so the
     InputError is also looked for along the chain of causes.
@@ -50,17 +51,25 @@ def exit_on_input_error(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except Exception as e:
-        cause = _input_error_in_chain(e)
-        if cause is None:
+        cause = _in_chain(e, lambda x: isinstance(x, InputError))
+        if cause is not None:
+            print(f"dnamamba: error: {cause}", file=sys.stderr)
+            raise SystemExit(2) from None
+        # torch.cuda.OutOfMemoryError, named rather than imported: this module stays free of torch
+        oom = _in_chain(e, lambda x: type(x).__name__ == "OutOfMemoryError")
+        if oom is None:
             raise
-        print(f"dnamamba: error: {cause}", file=sys.stderr)
-        raise SystemExit(2) from None
+        first = str(oom).strip().splitlines()[0] if str(oom).strip() else "out of memory"
+        print(f"dnamamba: error: out of GPU memory ({first.rstrip('.')}); a smaller batch_size, window or "
+              f"data.seq_len needs less", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
-def _input_error_in_chain(e: BaseException | None) -> InputError | None:
+def _in_chain(e: BaseException | None, match) -> BaseException | None:
+    """The first exception along e's chain of causes for which match() holds."""
     seen = set()
     while e is not None and id(e) not in seen:
-        if isinstance(e, InputError):
+        if match(e):
             return e
         seen.add(id(e))
         e = e.__cause__ or e.__context__

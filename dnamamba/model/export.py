@@ -91,9 +91,11 @@ def load_export(directory: str | os.PathLike, device: str | torch.device = "cpu"
     _check_tokenizer(os.path.join(directory, TOKENIZER))
     if scan_backend is not None:
         cfg.scan_backend = scan_backend
-    state = _state_dict(weights_path, _read_weights(weights_path), cfg, hf_names, conv_bias)
+    # Built on the CPU and filled in place: a model built under the meta device would pull in torch._dynamo
+    # for its initialisers, seconds of start-up for every command that loads an export.
     model = MambaLM(cfg)
-    model.load_state_dict(state)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    model.load_state_dict(_state_dict(weights_path, _read_weights(weights_path), expected, hf_names, conv_bias))
     return model.to(device).eval()
 
 
@@ -262,14 +264,13 @@ def _read_weights(path: str) -> dict[str, torch.Tensor]:
         raise InputError(path, f"not a readable safetensors file ({str(e).splitlines()[0]})") from None
 
 
-def _state_dict(path: str, tensors: dict[str, torch.Tensor], cfg: MambaConfig, hf_names: bool,
+def _state_dict(path: str, tensors: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]], hf_names: bool,
                 conv_bias: bool) -> dict[str, torch.Tensor]:
-    """MambaLM's state dict from the file's tensors, after checking names, shapes and dtypes against `cfg`.
+    """MambaLM's state dict from the file's tensors, after checking names, shapes and dtypes against `expected`
+    (the shapes of a MambaLM of the export's config).
 
     Problems are reported with the file's own names.
     """
-    with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in MambaLM(cfg).state_dict().items()}
     spelt = hf_name if hf_names else (lambda name: name)
     state, unexpected = {}, []
     for key, tensor in tensors.items():

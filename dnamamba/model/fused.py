@@ -18,8 +18,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .scan import (causal_conv1d_bwd, causal_conv1d_fwd, rms_norm_bwd, rms_norm_fwd, selective_scan_bwd,
+from .scan import (ScanConfig, causal_conv1d_bwd, causal_conv1d_fwd, rms_norm_bwd, rms_norm_fwd, selective_scan_bwd,
                    selective_scan_fwd)
+
+# The scan's launch shapes on the fused path (the defaults; bench/score_variants.py swaps in variants).
+SCAN_CONFIG = ScanConfig()
 
 
 def _compute_dtype(device: torch.device, default: torch.dtype) -> torch.dtype:
@@ -35,7 +38,7 @@ class FusedBlockFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, residual, x_prev, norm_w, in_w, conv_w, conv_b, xproj_w, dtproj_w, dtproj_b, A_log, D, out_w,
-                conv_state, ssm_state, cu_seqlens, eps, return_state):
+                conv_state, ssm_state, cu_seqlens, eps, return_state, keep_states):
         dtype = _compute_dtype(residual.device, residual.dtype)
         with torch.autocast(residual.device.type, enabled=False):
             d_inner, width = conv_w.shape[0], conv_w.shape[-1]
@@ -54,7 +57,7 @@ class FusedBlockFn(torch.autograd.Function):
             A = -torch.exp(A_log.float())  # (d_inner, n)
             h0 = None if ssm_state is None else ssm_state.float().contiguous()
             y, ssm_final, saved = selective_scan_fwd(u, delta, A, Bm, Cm, D.float(), z, dtproj_b.float(), True, h0,
-                                                     cu_seqlens)  # y (B, L, d_inner)
+                                                     cu_seqlens, SCAN_CONFIG, keep_states)  # y (B, L, d_inner)
             out = F.linear(y, out_w.to(dtype))  # (B, L, d_model)
         ctx.save_for_backward(residual_out, rstd, x_dbl, y, norm_w, in_w, conv_w, conv_b, xproj_w, dtproj_w, dtproj_b,
                               A_log, D, out_w, conv_state, h0, cu_seqlens)
@@ -109,7 +112,7 @@ class FusedBlockFn(torch.autograd.Function):
         d_res_in = d_residual.to(ctx.residual_dtype)
         d_conv_state = None if conv_state is None or d_conv_state is None else d_conv_state.to(conv_state.dtype)
         return (d_res_in, d_x_prev, d_norm_w, d_in_w, d_conv_w.view_as(conv_w), d_conv_b, d_xproj_w, d_dtproj_w,
-                dbias, d_A_log, dD, d_out_w, d_conv_state, dh0, None, None, None)
+                dbias, d_A_log, dD, d_out_w, d_conv_state, dh0, None, None, None, None)
 
 
 def _state_rows(x_dbl: torch.Tensor, r: int, n: int):
@@ -125,8 +128,11 @@ def fused_block(block, residual, x_prev, state=None, return_state=False, cu_seql
     m = block.mixer
     conv_state = None if state is None else state.conv
     ssm_state = None if state is None else state.ssm
+    params = (block.norm.weight, m.in_proj.weight, m.conv_weight, m.conv_bias, m.x_proj.weight, m.dt_proj.weight,
+              m.dt_proj.bias, m.A_log, m.D, m.out_proj.weight)
+    # Without a backward to follow (inference, no_grad) the scan keeps no chunk states and may take one pass.
+    keep_states = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in
+                                                  (residual, x_prev, conv_state, ssm_state, *params))
     out, residual_out, conv_final, ssm_final = FusedBlockFn.apply(
-        residual, x_prev, block.norm.weight, m.in_proj.weight, m.conv_weight, m.conv_bias, m.x_proj.weight,
-        m.dt_proj.weight, m.dt_proj.bias, m.A_log, m.D, m.out_proj.weight, conv_state, ssm_state, cu_seqlens,
-        block.norm.eps, return_state)
+        residual, x_prev, *params, conv_state, ssm_state, cu_seqlens, block.norm.eps, return_state, keep_states)
     return out, residual_out, (conv_final, ssm_final) if return_state else None

@@ -12,7 +12,7 @@ import functools
 import torch
 
 import dnamamba_kernels as K
-from dnamamba_kernels import selective_scan_bwd, selective_scan_fwd
+from dnamamba_kernels import ScanConfig, selective_scan_bwd, selective_scan_fwd
 from dnamamba_kernels.conv1d import causal_conv1d_bwd as _conv_bwd
 from dnamamba_kernels.conv1d import causal_conv1d_fwd as _conv_fwd
 from dnamamba_kernels.cross_entropy import linear_cross_entropy
@@ -48,5 +48,5 @@ def causal_conv1d_bwd(x, weight, bias, dy, initial_state, cu_seqlens):
     return _conv_bwd(x, weight, bias, dy, activation="silu", initial_state=initial_state, cu_seqlens=cu_seqlens)
 
 
-__all__ = ["scan_fn", "use_fused", "causal_conv1d_fwd", "causal_conv1d_bwd", "rms_norm_fwd", "rms_norm_bwd",
+__all__ = ["ScanConfig", "scan_fn", "use_fused", "causal_conv1d_fwd", "causal_conv1d_bwd", "rms_norm_fwd", "rms_norm_bwd",
            "add_rms_norm", "linear_cross_entropy", "selective_scan_fwd", "selective_scan_bwd"]

@@ -2,8 +2,10 @@
 
     y_t = C_t . h_t + D u_t;  out = y * silu(z)
 
-The state entering each chunk comes from the carry (carry.py). In a packed batch the kernel also writes each
-sequence's final state at its last step.
+The state entering each chunk comes from the carry (carry.py), or for a sequence read as one chunk (a forward
+with no backward, `ScanConfig.resolve`) from the initial state, with no pass 1 or carry before it. In a packed batch
+the kernel writes each sequence's final state at its last step; given `final_ptr` otherwise, the last chunk writes
+the state after it.
 """
 from __future__ import annotations
 
@@ -18,13 +20,14 @@ from .warp import _add
 
 @KERNELS.kernel(heuristics=dict(HAS_D=present("D_ptr"), HAS_Z=present("z_ptr"), HAS_BIAS=present("bias_ptr"),
                                 PACKED=present("seq_ptr"), HAS_H0=present("h0_ptr"), NP=padded_dstate,
+                                LAST_STATE=lambda args: args["final_ptr"] is not None and args["seq_ptr"] is None,
                                 ONE_GROUP=one_group), do_not_specialize=UNIT_ARGS)
 def _chunk_out_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, seq_ptr, h0_ptr, hstart_ptr,
                       out_ptr, final_ptr,
                       L, D, G, nchunks, unit,
                       N: tl.constexpr, CHUNK: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, HAS_D: tl.constexpr,
                       HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, PACKED: tl.constexpr,
-                      HAS_H0: tl.constexpr, ONE_GROUP: tl.constexpr,
+                      HAS_H0: tl.constexpr, ONE_GROUP: tl.constexpr, LAST_STATE: tl.constexpr,
                       BC_LANES: tl.constexpr):
     pid_c = tl.program_id(0)
     pid_d = tl.program_id(1)
@@ -112,10 +115,14 @@ def _chunk_out_kernel(u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
         if HAS_Z:
             z_a = z_b
             z_b = z_c
+    if LAST_STATE:
+        if pid_c == nchunks - 1:
+            tl.store(final_ptr + pid_b * N * D + n[:, None] * D + dl[None, :], h, mask=m2)
 
 
 def chunk_out(u, delta, At, B, C, D, z, delta_bias, seq_idx, h0, hstart, out, final, delta_softplus, cfg):
-    """Launch pass 3 into out (batch, L, dim), and in a packed batch into final (nseq, N, dim) fp32.
+    """Launch pass 3 into out (batch, L, dim), and into final (nseq|batch, N, dim) fp32 when given: in a packed
+    batch each sequence's final state, else the state after the last chunk.
 
     Inputs as `chunk_end` takes them, with C like B, D (dim,) fp32 or None, z like u or None, and hstart
     (batch, nchunks, N, dim) fp32 the state entering each chunk."""

@@ -32,6 +32,9 @@ class ScanConfig:
     seq_block_d / seq_warps: channels and warps per program of the backward walk (`_bwd_seq_kernel`); 32 channels
     in one warp keep its channel sums inside the warp, where the warp-level PTX applies (`seq_lanes`).
     seq_programs_per_sm: persistent walk programs launched per SM (one "SM" when interpreting on CPU).
+    one_pass_programs: a forward that keeps nothing for a backward runs as one chunk per sequence (the output
+    pass alone, one exponential per (t, d, n) instead of two) once batch x channel blocks gives this many
+    programs; below it the sequence is cut into chunks as for training, so that enough programs run.
     seq_piece: steps whose states a walk program keeps at once (divides sub; below sub it replays each sub-tile
     once more to find the piece starts), so each program's scratch slot is
     (seq_piece + sub / seq_piece) x dstate x seq_block_d fp32."""
@@ -46,6 +49,7 @@ class ScanConfig:
     seq_warps: int = 1
     seq_programs_per_sm: int = 8
     seq_piece: int = 8
+    one_pass_programs: int = 512
 
     def __post_init__(self):
         if self.chunk is not None and self.chunk % self.sub:
@@ -60,13 +64,16 @@ class ScanConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 
-    def resolve(self, batch: int, seqlen: int, dim: int) -> "ScanConfig":
+    def resolve(self, batch: int, seqlen: int, dim: int, keep_states: bool = True) -> "ScanConfig":
         """A copy with `chunk` fixed. Auto: the largest power of two up to 1024 that still gives about
         2048 forward programs, so short sequences fill the GPU too (each program walks its chunk in
-        sequence, so fewer, longer chunks leave SMs idle)."""
+        sequence, so fewer, longer chunks leave SMs idle). Without `keep_states` (a forward with no backward)
+        and with at least `one_pass_programs` programs, one chunk covers the whole sequence."""
         if self.chunk is not None:
             return self
         per_chunk = batch * triton.cdiv(dim, self.block_d)  # programs per chunk index
+        if not keep_states and per_chunk >= self.one_pass_programs:
+            return dataclasses.replace(self, chunk=max(self.sub, triton.next_power_of_2(max(seqlen, 1))))
         want = triton.cdiv(2048, per_chunk)  # chunks per sequence
         chunk = 1024
         while chunk > self.sub and chunk * want > seqlen:

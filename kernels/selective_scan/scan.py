@@ -54,9 +54,11 @@ def _seq_index(cu_seqlens, seqlen, device):
     return (torch.searchsorted(cu[1:], steps, right=True)).to(torch.int32)
 
 
-def scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, seq_idx, nseq, cfg: ScanConfig):
+def scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, seq_idx, nseq, cfg: ScanConfig,
+             keep_states: bool = True):
     """Launch the forward. Returns out (batch, L, dim) in u's dtype, final state (batch|nseq, dim, N) fp32,
-    and the chunk-start states (batch, nchunks, N, dim) fp32 with the chunk decays, kept for backward."""
+    and the chunk-start states (batch, nchunks, N, dim) fp32 with the chunk decays, kept for backward (None
+    without keep_states when each sequence is one chunk)."""
     batch, L, dim = u.shape
     N = B.shape[3]
     packed = seq_idx is not None
@@ -65,6 +67,14 @@ def scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, seq_idx, n
     dev = u.device
     At = A.t().contiguous()  # (N, dim): the kernels read A along channels, like every other operand
     h0_nd = _states_nd(h0)
+    if nchunks == 1 and not packed and not keep_states:
+        # The output pass alone: its one chunk starts from the initial state and it writes the final state.
+        hstart = h0_nd.unsqueeze(1) if h0_nd is not None else torch.zeros(batch, 1, N, dim, dtype=torch.float32,
+                                                                          device=dev)
+        out = _empty_like(u)
+        last = _empty(batch, N, dim, dtype=torch.float32, device=dev)
+        chunk_out(u, delta, At, B, C, D, z, delta_bias, None, None, hstart, out, last, softplus, cfg)
+        return out, last.transpose(1, 2).contiguous(), None, None
     # packed: the kernels start each sequence from its initial state; else the carry starts from it
     h0_packed = h0_nd if packed else None
     hend = _empty(batch, nchunks, N, dim, dtype=torch.float32, device=dev)
@@ -129,31 +139,34 @@ def scan_bwd(gout, gfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus, 
 @dataclass
 class ScanSaved:
     """What the backward needs beyond the inputs: the chunk-start states and decays of the forward (small:
-    (batch, nchunks, N, dim) fp32 each), the packed-sequence index and the resolved launch shapes."""
+    (batch, nchunks, N, dim) fp32 each), the packed-sequence index and the resolved launch shapes. A forward
+    called with keep_states=False keeps no states (None) and has no backward."""
 
-    hstart: torch.Tensor
-    P: torch.Tensor
+    hstart: torch.Tensor | None
+    P: torch.Tensor | None
     seq_idx: torch.Tensor | None
     cfg: ScanConfig
 
 
 def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state=None, cu_seqlens=None,
-                       config: ScanConfig | None = None):
+                       config: ScanConfig | None = None, keep_states: bool = True):
     """The forward without autograd, for callers that keep their own saved tensors (the fused mixer).
 
     Inputs as `selective_scan_triton` takes them, already prepared: u, delta, z contiguous (batch, seqlen, dim);
     A (dim, dstate), D, delta_bias (dim,) fp32; B, C (batch, seqlen, ngroups, dstate) fp32 contiguous;
     initial_state (batch|nseq, dim, dstate) fp32. Returns y (batch, seqlen, dim), the final state
     (batch|nseq, dim, dstate) fp32, and the `ScanSaved` that `selective_scan_bwd` takes with the same inputs.
+    keep_states=False says no backward follows: the launch may then read each sequence as one chunk
+    (`ScanConfig.resolve`), and the ScanSaved is not valid for `selective_scan_bwd`.
     """
     batch, seqlen, dim = u.shape
-    cfg = (config or ScanConfig()).resolve(batch, seqlen, dim)
+    cfg = (config or ScanConfig()).resolve(batch, seqlen, dim, keep_states)
     seq_idx, nseq = None, batch
     if cu_seqlens is not None:
         nseq = cu_seqlens.numel() - 1
         seq_idx = _seq_index(cu_seqlens, seqlen, u.device)
     y, final, hstart, P = scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx,
-                                   nseq, cfg)
+                                   nseq, cfg, keep_states)
     return y, final, ScanSaved(hstart, P, seq_idx, cfg)
 
 
@@ -161,6 +174,8 @@ def selective_scan_bwd(gy, gfinal, u, delta, A, B, C, D, z, delta_bias, delta_so
                        saved: ScanSaved):
     """Gradients (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state) for the inputs of
     `selective_scan_fwd`, None where an input is absent; gy (batch, seqlen, dim), gfinal None or fp32."""
+    if saved.hstart is None:
+        raise ValueError("selective_scan_bwd needs the states of a forward run with keep_states=True")
     return scan_bwd(gy, None if gfinal is None else gfinal.float().contiguous(), u, delta, A, B, C, D, z,
                     delta_bias, delta_softplus, initial_state, saved.seq_idx, saved.hstart, saved.P, saved.cfg)
 

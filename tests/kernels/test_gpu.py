@@ -110,3 +110,23 @@ def test_gpu_lane_sums_match_reference(opts):
     assert cfg.seq_lanes(16, 160, 1) and cfg.block_lanes(16, 160, 1)
     assert_matches_reference(lambda *a, **k: selective_scan_triton(*a, config=cfg, **k), tensors, TOL[torch.float32],
                              gy, **opts)
+
+
+@pytest.mark.parametrize("batch,seqlen,use_h0", [(256, 513, True), (128, 511, False), (200, 1000, True)])
+def test_gpu_one_pass_forward_matches_reference(batch, seqlen, use_h0):
+    """The forward without backward at scoring shapes (one chunk a sequence, final state from the output pass)
+    against the float64 reference."""
+    from dnamamba_kernels import selective_scan_fwd
+
+    u, delta, A, B, C, D, z, bias, h0 = make_inputs(batch, seqlen, 512, 16, 1, dtype=torch.bfloat16, seed=seqlen,
+                                                    device="cuda")
+    h0 = h0 if use_h0 else None
+    cfg = ScanConfig()
+    assert cfg.resolve(batch, seqlen, 512, keep_states=False).chunk >= seqlen  # the one-pass launch
+    y, final, _ = selective_scan_fwd(u, delta, A, B.float(), C.float(), D, z, bias, True, h0, config=cfg,
+                                     keep_states=False)
+    y_r, f_r = selective_scan_ref(*as64([u, delta, A, B, C]), D=D.double(), z=z.double(), delta_bias=bias.double(),
+                                  delta_softplus=True, initial_state=None if h0 is None else h0.double(),
+                                  return_final_state=True)
+    torch.testing.assert_close(y.double(), y_r, **TOL[torch.bfloat16])
+    torch.testing.assert_close(final.double(), f_r, **TOL[torch.float32])

@@ -305,3 +305,41 @@ def test_seq_lane_sums_packed_matches_reference(interpret, block_d):
     gf = torch.randn(4, 64, 16, generator=torch.Generator().manual_seed(10))
     assert_matches_reference(lambda *a, **k: selective_scan_triton(*a, config=cfg, **k), tensors, TOL[torch.float32],
                              gy, gf, cu_seqlens=cu)
+
+
+ONE_PASS = dataclasses.replace(SMALL["one_level"], chunk=None, one_pass_programs=1)
+
+
+@pytest.mark.parametrize("seqlen,dim,ngroups,use_h0", [(1, 5, 1, True), (15, 6, 2, False), (17, 9, 3, True),
+                                                      (70, 6, 2, True), (33, 5, 1, False)])
+def test_forward_without_backward_reads_each_sequence_in_one_pass(interpret, monkeypatch, seqlen, dim, ngroups,
+                                                                  use_h0):
+    """keep_states=False: the output pass alone, from the initial state, writing the final state; outputs and
+    buffers start as NaN, and the result equals the float64 reference at lengths across chunk sizes."""
+    monkeypatch.setattr(scan_module, "_empty", lambda *s, dtype, device: torch.full(s, float("nan"), dtype=dtype,
+                                                                                     device=device))
+    monkeypatch.setattr(scan_module, "_empty_like", lambda t: torch.full_like(t, float("nan")))
+    launched = []
+    get = KERNELS.get
+    monkeypatch.setattr(KERNELS, "get", lambda name, device: launched.append(name) or get(name, device))
+    u, delta, A, B, C, D, z, bias, h0 = make_inputs(2, seqlen, dim, 4, ngroups, seed=seqlen)
+    h0 = h0 if use_h0 else None
+    y, final, saved = scan_module.selective_scan_fwd(u, delta, A, B, C, D, z, bias, True, h0, config=ONE_PASS,
+                                                     keep_states=False)
+    assert launched == ["_chunk_out_kernel"] and saved.hstart is None
+    y_ref, f_ref = selective_scan_ref(*as64([u, delta, A, B, C]), D=D.double(), z=z.double(), delta_bias=bias.double(),
+                                      delta_softplus=True, initial_state=None if h0 is None else h0.double(),
+                                      return_final_state=True)
+    torch.testing.assert_close(y.double(), y_ref, **TOL[torch.float32])
+    torch.testing.assert_close(final.double(), f_ref, **TOL[torch.float32])
+    with pytest.raises(ValueError, match="keep_states=True"):
+        scan_module.selective_scan_bwd(torch.ones_like(y), None, u, delta, A, B, C, D, z, bias, True, h0, saved)
+
+
+def test_one_pass_needs_enough_programs():
+    """One chunk a sequence only without a backward and with at least one_pass_programs programs; otherwise the
+    chunk length of training, so a short batch still spreads over the GPU."""
+    cfg = ScanConfig(one_pass_programs=512)
+    assert cfg.resolve(256, 513, 512, keep_states=False).chunk == 1024  # 256 x 4 channel blocks
+    assert cfg.resolve(256, 513, 512).chunk == 256
+    assert cfg.resolve(1, 513, 512, keep_states=False).chunk == cfg.resolve(1, 513, 512).chunk == 64

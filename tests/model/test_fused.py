@@ -109,6 +109,26 @@ def test_streaming_in_pieces_equals_one_call(lambda_tokens):
     torch.testing.assert_close(torch.cat(pieces, 1), full, rtol=1e-5, atol=1e-5)
 
 
+def test_inference_in_one_scan_pass_matches_the_reference_and_streams(lambda_tokens, monkeypatch):
+    """Under no_grad the scan keeps no states; with one_pass_programs=1 each piece is one scan pass from the
+    carried state. Logits and the carried states match the float64 reference, piece by piece."""
+    import dataclasses
+
+    from dnamamba.model import fused as fused_module
+
+    monkeypatch.setattr(fused_module, "SCAN_CONFIG", dataclasses.replace(fused_module.SCAN_CONFIG, one_pass_programs=1))
+    fused, ref = pair()
+    x = lambda_tokens.view(2, 97)
+    state_f = state_r = None
+    with torch.no_grad():
+        for s, e in [(0, 2), (2, 40), (40, 97)]:
+            logits_f, state_f = fused(x[:, s:e], state=state_f, return_state=True)
+            logits_r, state_r = ref(x[:, s:e], state=state_r, return_state=True)
+            assert rel(logits_f, logits_r) < 1e-5
+            for a, b in zip(state_f, state_r):
+                assert rel(a.ssm, b.ssm) < 1e-5 and rel(a.conv, b.conv) < 1e-5
+
+
 def test_packed_sequences_equal_separate_calls(lambda_tokens):
     fused, _ = pair()
     lengths = [30, 2, 61]  # one shorter than the conv width

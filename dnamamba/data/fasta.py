@@ -282,7 +282,8 @@ class FastaFile:
         if start == end:
             return b""
         try:
-            seq = self._faidx().from_file(name, start + 1, end).encode()
+            seq = self._read_plain(name, start, end) if self._gzi_path is None else \
+                self._faidx().from_file(name, start + 1, end).encode()
         except UnicodeDecodeError:
             raise InputError(self.path, f"bytes that are not text in [{start}, {end})", record=name) from None
         if len(seq) != end - start:
@@ -292,6 +293,16 @@ class FastaFile:
                              record=name)
         self._check_bytes(name, start, seq)
         return seq
+
+    def _read_plain(self, name: str, start: int, end: int) -> bytes:
+        """[start, end) of an uncompressed file, read at the offsets its .fai gives with one pread. Variant
+        scoring fetches tens of thousands of short intervals, where pyfaidx's per-line assembly in Python
+        costs ten times the read."""
+        faidx = self._faidx()
+        rec = faidx.index[name]
+        first = rec.offset + (start // rec.lenc) * rec.lenb + start % rec.lenc
+        last = rec.offset + ((end - 1) // rec.lenc) * rec.lenb + (end - 1) % rec.lenc + 1
+        return os.pread(faidx.file.fileno(), last - first, first).translate(None, b"\r\n")
 
     def fetch_tokens(self, name: str, start: int, end: int) -> torch.Tensor:
         """`fetch` as token ids, (end - start,) long."""

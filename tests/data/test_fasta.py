@@ -67,6 +67,23 @@ def test_plain_fasta_fetch_matches_text(lambda_fa, lambda_seq, tmp_path):
     assert list((tmp_path / "cache" / "fasta").glob("*/lambda.fa.fai"))
 
 
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_plain_reads_at_index_offsets_across_line_ends_and_records(make_fasta, lambda_seq, tmp_path, newline):
+    """Plain files are read at the offsets the .fai gives: every slice, at line ends of odd widths, in a later
+    record, equals the text, with LF or CRLF line ends."""
+    a, b = lambda_seq[:997].decode(), lambda_seq[1000:1500].decode()
+    path = make_fasta({"first": a, "second": b}, width=7)
+    if newline != "\n":
+        path.write_bytes(path.read_bytes().replace(b"\n", newline.encode()))
+    f = FastaFile(path, cache_dir=tmp_path / "cache")
+    rng = np.random.default_rng(0)
+    for name, seq in (("first", a), ("second", b)):
+        for lo in list(range(0, 16)) + list(rng.integers(0, len(seq), 40)):
+            for hi in {lo + 1, lo + 6, lo + 7, lo + 8, lo + 50, len(seq)}:
+                if lo < hi <= len(seq):
+                    assert f.fetch(name, int(lo), int(hi)) == seq[lo:hi].encode(), (name, lo, hi)
+
+
 def test_out_of_range_and_unknown_record_name_file_and_record(lambda_fa):
     f = FastaFile(lambda_fa)
     for a, b in [(-1, 10), (48000, 48503), (10, 5)]:

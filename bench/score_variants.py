@@ -5,7 +5,7 @@ the code before the shared-context engine (`--before`), all on the same variants
     # GPU machine, from the repository root; FASTA copied there (the machine has no data folder);
     # .before_scoring holds the package as it was before the engine (see --before)
     PYTHONPATH=. python3 bench/score_variants.py --fasta hs37_chr20.fa.gz --contig 20 \\
-        --before .before_scoring --profile --out bench/results/score_variants_h200.json
+        --before .before_scoring --cli before,shared --profile --out bench/results/score_variants_h200.json
 
     # CPU, tiny sizes (a check that it runs)
     python bench/score_variants.py --fasta data/hs37_chr20.fa.gz --contig 20 --device cpu \\
@@ -20,7 +20,7 @@ density of variants, which context=tile profits from, stays that of the whole se
 Two timings per (window, method), each after a warm-up run on 64 variants (kernel compilation, caches):
 - `variants_per_s`: `score_vcf` in this process, as the CLI calls it: loading the export, reading the VCF
   twice, scoring, writing the TSV; not Python start-up;
-- `cli_variants_per_s` (`--cli`): `python -m dnamamba.cli score-variants` in a subprocess, start-up included.
+- `cli_variants_per_s` (for the methods `--cli` names): `python -m dnamamba.cli score-variants` in a subprocess, start-up included.
 
 `--before DIR` names a copy of the package from before the engine (dnamamba/ with conf/ and pipelines/ inside it,
 kernels/ as dnamamba_kernels/; `git archive` of that commit, rearranged so). A subprocess with DIR first on
@@ -183,8 +183,10 @@ def main() -> None:
     ap.add_argument("--long-from", type=int, default=8192, help="windows from this size score --long-variants")
     ap.add_argument("--long-variants", type=int, default=2000)
     ap.add_argument("--methods", default="plain,shared,tile")
+    ap.add_argument("--long-methods", default=None, help="methods at windows from --long-from (default: --methods)")
     ap.add_argument("--before", type=Path, help="the package before the engine, timed on the same variants")
-    ap.add_argument("--cli", action="store_true", help="also time the CLI in a subprocess (start-up included)")
+    ap.add_argument("--cli", default="", help="methods (and 'before') also timed as the CLI in a subprocess, "
+                                              "start-up included; comma-separated")
     ap.add_argument("--profile", action="store_true", help="profile method=shared on the first 4096 variants")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--precision", default="bf16")
@@ -234,10 +236,11 @@ def main() -> None:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     warm = work / "warm.vcf"
     write_vcf(warm, contig, length, snvs[:64])
-    methods = (["before"] if before else []) + args.methods.split(",")
     profiles = []
     for window in (int(w) for w in args.windows.split(",")):
-        chosen = snvs[:args.long_variants] if window >= args.long_from else snvs
+        long = window >= args.long_from
+        chosen = snvs[:args.long_variants] if long else snvs
+        methods = (["before"] if before else []) + (args.long_methods or args.methods if long else args.methods).split(",")
         vcf = work / f"snvs_{window}.vcf"
         write_vcf(vcf, contig, length, chosen)
         span_bp = chosen[-1][0] - chosen[0][0] + 1
@@ -266,7 +269,7 @@ def main() -> None:
                 scores[name] = read_scores(out)
                 row.update(wall_s=round(wall, 3), variants_per_s=round(len(chosen) / wall, 2),
                            scored=int(np.isfinite(scores[name]).sum()))
-                if args.cli:
+                if name in args.cli.split(","):
                     torch.cuda.empty_cache()  # the subprocess shares the GPU with this process's cached blocks
                     cli = cli_wall(before if name == "before" else None, settings, vcf, work / f"cli_{name}.tsv",
                                    warm, work)

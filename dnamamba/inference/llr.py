@@ -274,11 +274,14 @@ def _plan_pass(stretch: Stretch, slot: int, stop_every: int) -> tuple[_PassPlan,
 
 
 def _pass_batches(plans: list[_PassPlan], batch_size: int):
-    """Groups of passes whose rows fill about one batch; a pass with more rows than that goes alone."""
+    """Groups of at most batch_size passes whose rows fill about two batches (a variant's REF and ALT rows
+    take two calls of batch_size after one reference call over batch_size passes: three model calls for
+    batch_size variants, where each call's launches cost as much host time as its kernels take on the GPU at
+    short windows); a pass with more rows than that goes alone."""
     batch, rows = [], 0
     for plan in plans:
         n = len(plan.rows)
-        if batch and (rows + n > batch_size or len(batch) >= batch_size):
+        if batch and (rows + n > 2 * batch_size or len(batch) >= batch_size):
             yield batch
             batch, rows = [], 0
         batch.append(plan)

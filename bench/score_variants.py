@@ -174,9 +174,40 @@ def forward_tokens_per_s(model: MambaLM, rows: int, length: int, device, precisi
     return rows * length / min(times[1:])
 
 
+def render(path: Path) -> Path:
+    """A markdown table beside a result JSON: variants/s per (window, method), and the ratio to `before` in the
+    same run."""
+    r = json.loads(path.read_text())
+    before = {row["window"]: row for row in r["rows"] if row["method"] == "before" and "variants_per_s" in row}
+    lines = [f"{r['device']}, {r['n_layer']} x {r['d_model']} model, {r['precision']}, batch {r['batch_size']}, random "
+             f"SNVs of {r['fasta']} ({r['contig']}); variants/s of score_vcf in-process, and of the CLI with start-up "
+             f"where timed; x before: the same run's package before the engine.", "",
+             "| window | method | variants | variants/s | x before | CLI variants/s | CLI x before | peak GB |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in r["rows"]:
+        b = before.get(row["window"], {})
+        ratio = (f"{row['variants_per_s'] / b['variants_per_s']:.2f}"
+                 if b and row["method"] != "before" and "variants_per_s" in row else "")
+        cli_ratio = (f"{row['cli_variants_per_s'] / b['cli_variants_per_s']:.2f}"
+                     if row["method"] != "before" and "cli_variants_per_s" in row and "cli_variants_per_s" in b else "")
+        lines.append(f"| {row['window']} | {row['method']} | {row['n_variants']} | {row.get('variants_per_s', row.get('error'))}"
+                     f" | {ratio} | {row.get('cli_variants_per_s', '')} | {cli_ratio} | {row.get('peak_gb', '')} |")
+    fwd = r.get("forward_tokens_per_s", {})
+    if fwd and isinstance(next(iter(fwd.values())), dict):
+        lines += ["", "Model forward, tokens/s at the scoring row shapes:", "",
+                  "| scan | " + " | ".join(next(iter(fwd.values()))) + " |",
+                  "| --- |" + " --- |" * len(next(iter(fwd.values())))]
+        lines += [f"| {name} | " + " | ".join(f"{v / 1e6:.2f}M" for v in shapes.values()) + " |"
+                  for name, shapes in fwd.items()]
+    out = path.with_suffix(".md")
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--fasta", required=True)
+    ap.add_argument("--render", nargs="+", type=Path, metavar="JSON", help="only write the markdown table of each")
+    ap.add_argument("--fasta")
     ap.add_argument("--contig", default=None, help="default: the FASTA's first record")
     ap.add_argument("--n-variants", type=int, default=20000)
     ap.add_argument("--windows", default="1024,32768")
@@ -198,6 +229,12 @@ def main() -> None:
     ap.add_argument("--excerpt", metavar="START-END:OUT.fa.gz",
                     help="only write bases [START, END) of the contig to OUT.fa.gz (to copy to the GPU machine)")
     args = ap.parse_args()
+    if args.render:
+        for path in args.render:
+            print(f"wrote {render(path)}")
+        return
+    if not args.fasta:
+        ap.error("--fasta is required")
 
     work = Path(tempfile.mkdtemp(prefix="bench_score_variants_"))
     os.environ.setdefault("DNAMAMBA_CACHE", str(work / "cache"))
@@ -304,7 +341,7 @@ def main() -> None:
                 round(forward_tokens_per_s(model, rows, half, device, args.precision))
         fused_path.SCAN_CONFIG = SCAN_VARIANTS["one_pass"]
         out_path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out_path}")
+    print(f"wrote {out_path} and {render(out_path)}")
 
 
 if __name__ == "__main__":

@@ -126,10 +126,13 @@ def pair_aurocs(items: list[tuple[dict, float]]) -> dict:
     return result
 
 
-def zero_shot(model: str, bench: str, vcf: str, out: str, window: int, device: str, rc_average: bool = False) -> dict:
-    """score-variants on the test sites, then `pair_aurocs` of -LLR."""
-    score_vcf(ScoreVariantsConfig(model=model, fasta=os.path.join(bench, "records.fa"), vcf=vcf, out=out,
-                                  window=window, device=device, rc_average=rc_average, progress=False))
+def zero_shot(model: str, bench: str, vcf: str, out: str, window: int, device: str, rc_average: bool = False,
+              score: bool = True) -> dict:
+    """score-variants on the test sites (without `score`: its table `out` from an earlier run), then
+    `pair_aurocs` of -LLR."""
+    if score:
+        score_vcf(ScoreVariantsConfig(model=model, fasta=os.path.join(bench, "records.fa"), vcf=vcf, out=out,
+                                      window=window, device=device, rc_average=rc_average, progress=False))
     labels = {(r["chrom"], r["pos"], r["alt"]): r for r in read_tsv(os.path.join(bench, "labels.tsv"))}
     items = [(labels[(row["chrom"], row["pos"], row["alt"])], -float(row["score"]))
              for row in read_tsv(out) if row["status"] == "ok"]
@@ -192,10 +195,13 @@ def finetune_run(backbone: str, bench: str, table: str, run_dir: str, task: str,
                                *(["trainer=gpu"] if args.device == "cuda" else []),
                                *([f"trainer.max_time={args.finetune_max_time}"] if args.finetune_max_time else []),
                                *overrides])
-    t0 = time.time()
-    metrics = finetune.run(cfg)
+    if args.report_only:
+        with open(os.path.join(run_dir, "metrics.json")) as f:
+            metrics = json.load(f)
+    else:
+        metrics = finetune.run(cfg)
     return {"test": metrics["test"], "best_val": metrics["val"], "epochs": len(metrics["val_history"]),
-            "data": metrics["data"], "wall_time_s": round(time.time() - t0, 1)}
+            "data": metrics["data"], "wall_time_s": metrics.get("wall_time_s")}
 
 
 def markov_features(model: MarkovLM, fasta: FastaFile, rows: list[dict]) -> np.ndarray:
@@ -388,6 +394,10 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--progress", action="store_true")
     p.add_argument("--cpu-smoke", action="store_true", help="every size small: a CPU check that it all runs")
+    p.add_argument("--report-only", action="store_true",
+                   help="rebuild the report from the files a finished run left in --work (score tables, "
+                        "supervised.tsv, test_sites.vcf, each finetune run's metrics.json) with that run's "
+                        "arguments; only the Markov models are fitted again (deterministic, on the CPU)")
     args = p.parse_args(argv)
     if args.cpu_smoke:
         args.device, args.positions_per_cds, args.window, args.max_test_sites = "cpu", 2, 64, 150
@@ -432,26 +442,31 @@ def main(argv=None) -> dict:
         markovs[k] = os.path.join(work, f"markov_k{k}")
         fit_markov(FitMarkovConfig(fasta=os.path.join(bench, "train.fa"), out=markovs[k], k=k))
 
-    vcf = test_vcf(bench, os.path.join(work, "test_sites.vcf"), args.max_test_sites, args.seed)
+    vcf = os.path.join(work, "test_sites.vcf")
+    if not args.report_only:
+        test_vcf(bench, vcf, args.max_test_sites, args.seed)
     results = {"label": args.label, "argv": sys.argv[1:] if argv is None else list(argv), "device": args.device,
                "export": export, "pretrained_here": pretrained, "pretraining": pretraining, "window": args.window,
                "classifier_window": args.classifier_window,
                "benchmark": {k: summary[k] for k in ("records", "cds", "records_per_split", "variants", "labels")}}
     t = time.time()
-    zero = {"model": zero_shot(export, bench, vcf, os.path.join(work, "scores_model.tsv"), args.window, args.device)}
+    score = not args.report_only
+    zero = {"model": zero_shot(export, bench, vcf, os.path.join(work, "scores_model.tsv"), args.window, args.device,
+                               score=score)}
     if args.rc_average:
         zero["model, both strands"] = zero_shot(export, bench, vcf, os.path.join(work, "scores_model_rc.tsv"),
-                                                args.window, args.device, rc_average=True)
+                                                args.window, args.device, rc_average=True, score=score)
     for k, path in markovs.items():
         zero[f"Markov k={k}"] = zero_shot(path, bench, vcf, os.path.join(work, f"scores_markov_k{k}.tsv"),
-                                          args.window, args.device)
+                                          args.window, args.device, score=score)
     results["zero_shot"] = zero
     results["substitution_type_only"] = substitution_only(bench, vcf)
-    timings["zero_shot"] = round(time.time() - t, 1)
+    timings["zero_shot"] = None if args.report_only else round(time.time() - t, 1)
 
-    table = supervised_table(bench, os.path.join(work, "supervised.tsv"),
-                             {"train": args.max_train_rows, "val": args.max_val_rows, "test": args.max_test_rows},
-                             args.seed)
+    table = os.path.join(work, "supervised.tsv")
+    if not args.report_only:
+        supervised_table(bench, table, {"train": args.max_train_rows, "val": args.max_val_rows,
+                                        "test": args.max_test_rows}, args.seed)
     window = f"task.data.window={args.classifier_window}"
     supervised = {}
     supervised["frozen backbone + head"] = finetune_run(export, bench, table, os.path.join(work, "vc_frozen"),
@@ -474,7 +489,8 @@ def main(argv=None) -> dict:
                                       "markov": markov_coding(bench, args.coding_markov_k)}
     timings["coding"] = coding["wall_time_s"]
     results["timings_s"] = timings
-    results["wall_time_s"] = round(time.time() - t0, 1)
+    results["wall_time_s"] = None if args.report_only else round(time.time() - t0, 1)
+    results["report_only"] = args.report_only
     md = write_results(results, args.out)
     print(json.dumps({k: results[k] for k in ("zero_shot", "supervised", "coding_vs_noncoding")}, indent=2))
     print(f"wrote {args.out} and {md}", file=sys.stderr)

@@ -80,15 +80,21 @@ def test_matches_reference_forward_and_all_gradients(interpret, walk, batch, seq
     compare(tensors, dtype, {k: k not in off for k in OPTS}, walk)
 
 
-def test_every_output_element_is_written(interpret, walk, monkeypatch):
-    """Outputs and scratch start as NaN: any element the kernels skip would surface. Also checks that every
-    kernel ran."""
+def poison_and_record(monkeypatch) -> list[str]:
+    """Every buffer the launcher allocates starts as NaN; returns the list the names of launched kernels go to."""
     monkeypatch.setattr(scan_module, "_empty", lambda *s, dtype, device: torch.full(s, float("nan"), dtype=dtype,
                                                                                      device=device))
     monkeypatch.setattr(scan_module, "_empty_like", lambda t: torch.full_like(t, float("nan")))
     launched = []
     get = KERNELS.get
     monkeypatch.setattr(KERNELS, "get", lambda name, device: launched.append(name) or get(name, device))
+    return launched
+
+
+def test_every_output_element_is_written(interpret, walk, monkeypatch):
+    """Outputs and scratch start as NaN: any element the kernels skip would surface. Also checks that every
+    kernel ran."""
+    launched = poison_and_record(monkeypatch)
     tensors = make_inputs(2, 37, 9, 4, 1, seed=5)
     compare(tensors, torch.float32, {k: True for k in OPTS}, walk)
     assert sorted(set(launched)) == sorted(KERNELS.names())
@@ -316,12 +322,7 @@ def test_forward_without_backward_reads_each_sequence_in_one_pass(interpret, mon
                                                                   use_h0):
     """keep_states=False: the output pass alone, from the initial state, writing the final state; outputs and
     buffers start as NaN, and the result equals the float64 reference at lengths across chunk sizes."""
-    monkeypatch.setattr(scan_module, "_empty", lambda *s, dtype, device: torch.full(s, float("nan"), dtype=dtype,
-                                                                                     device=device))
-    monkeypatch.setattr(scan_module, "_empty_like", lambda t: torch.full_like(t, float("nan")))
-    launched = []
-    get = KERNELS.get
-    monkeypatch.setattr(KERNELS, "get", lambda name, device: launched.append(name) or get(name, device))
+    launched = poison_and_record(monkeypatch)
     u, delta, A, B, C, D, z, bias, h0 = make_inputs(2, seqlen, dim, 4, ngroups, seed=seqlen)
     h0 = h0 if use_h0 else None
     y, final, saved = scan_module.selective_scan_fwd(u, delta, A, B, C, D, z, bias, True, h0, config=ONE_PASS,

@@ -19,6 +19,8 @@ import lzma
 
 import numpy as np
 
+from dnamamba.inference.markov import count_kmers, order_offsets
+
 COMPRESSORS = {"gzip -9": lambda b: gzip.compress(b, 9), "bzip2 -9": lambda b: bz2.compress(b, 9),
                "xz -9e": lambda b: lzma.compress(b, preset=9 | lzma.PRESET_EXTREME)}
 
@@ -58,12 +60,13 @@ def _contexts(codes: np.ndarray, order: int) -> tuple[np.ndarray, np.ndarray]:
     return ctx, ~bad
 
 
-def markov_counts(train: bytes, order: int) -> np.ndarray:
-    """(4**order, 4) counts of each base after each context of `order` bases in `train`."""
-    codes = _CODE[np.frombuffer(train, dtype=np.uint8)]
-    ctx, ok = _contexts(codes, order)
-    sym = codes[order:].astype(np.int64)
-    return np.bincount(ctx[ok] * 4 + sym[ok], minlength=4 ** (order + 1)).reshape(4 ** order, 4)
+def markov_counts(train: bytes, order: int) -> list[np.ndarray]:
+    """Counts of each base after each context in `train`, per order 0..order: [(4**k, 4) for k], counted as
+    `dnamamba fit-markov` counts (one strand here)."""
+    counts = np.zeros((int(order_offsets(order)[-1]), 4), dtype=np.int64)
+    count_kmers(train, order, counts)
+    offsets = order_offsets(order)
+    return [counts[offsets[k]:offsets[k + 1]] for k in range(order + 1)]
 
 
 def markov_bits(train: bytes, before: bytes, region: bytes, order: int, alpha: float = 1.0) -> float:
@@ -75,10 +78,11 @@ def markov_bits(train: bytes, before: bytes, region: bytes, order: int, alpha: f
     scored = codes[first:] < 4  # (len(region),) the bases that are scored
     remaining = scored.copy()
     total = 0.0
+    by_order = markov_counts(train, order)
     for k in range(order, -1, -1):
         if not remaining.any():
             break
-        counts = markov_counts(train, k)  # (4**k, 4)
+        counts = by_order[k]  # (4**k, 4)
         # Contexts of every region position, from the k bases before it.
         padded = np.concatenate([np.full(max(0, k - first), 4, np.uint8), codes])
         ctx, ok = _contexts(padded[first + max(0, k - first) - k:], k)

@@ -304,7 +304,7 @@ def _cell(value, digits: int = 3) -> str:
 
 
 def markdown(results: dict) -> str:
-    """The report's tables: zero-shot, supervised and coding/non-coding, with the issue's targets."""
+    """The report's tables: zero-shot, supervised and coding/non-coding, with their targets."""
     lines = ["# Variant benchmark: test loci", ""]
     if results["label"]:
         lines += [results["label"], ""]

@@ -187,19 +187,18 @@ def supervised_table(bench: str, out: str, caps: dict[str, int | None], seed: in
 
 
 def finetune_run(backbone: str, bench: str, table: str, run_dir: str, task: str, args, *overrides: str) -> dict:
-    cfg = compose("finetune", [f"backbone={backbone}", f"task={task}", f"run_dir={run_dir}",
-                               f"task.data.fasta={os.path.join(bench, 'records.fa')}", f"task.data.table={table}",
-                               f"trainer.max_epochs={args.epochs}", f"task.data.batch_size={args.batch_size}",
-                               f"early_stopping.patience={args.patience}",
-                               f"trainer.enable_progress_bar={str(args.progress).lower()}",
-                               *(["trainer=gpu"] if args.device == "cuda" else []),
-                               *([f"trainer.max_time={args.finetune_max_time}"] if args.finetune_max_time else []),
-                               *overrides])
     if args.report_only:
         with open(os.path.join(run_dir, "metrics.json")) as f:
             metrics = json.load(f)
     else:
-        metrics = finetune.run(cfg)
+        metrics = finetune.run(compose("finetune", [
+            f"backbone={backbone}", f"task={task}", f"run_dir={run_dir}",
+            f"task.data.fasta={os.path.join(bench, 'records.fa')}", f"task.data.table={table}",
+            f"trainer.max_epochs={args.epochs}", f"task.data.batch_size={args.batch_size}",
+            f"early_stopping.patience={args.patience}", f"trainer.enable_progress_bar={str(args.progress).lower()}",
+            *(["trainer=gpu"] if args.device == "cuda" else []),
+            *([f"trainer.max_time={args.finetune_max_time}"] if args.finetune_max_time else []),
+            *overrides]))
     return {"test": metrics["test"], "best_val": metrics["val"], "epochs": len(metrics["val_history"]),
             "data": metrics["data"], "wall_time_s": metrics.get("wall_time_s")}
 
